@@ -1,0 +1,180 @@
+"""The `zorun` command: a Hydra app with a pre-flight that turns config errors into one line.
+
+Hydra reports a bad override as several lines and exits 1. Before handing
+over to Hydra, :func:`main` composes every job of the command (one, or the
+whole multirun grid) with Hydra's compose API and runs :func:`validate`; any
+problem is printed as ``zorun: error: ...`` with exit code 2, before any model
+loads. ``HYDRA_FULL_ERROR=1`` re-raises with the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import hydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from zorun.config import ConfigError, register_configs, validate
+
+GROUPS = ("model", "task", "estimator", "sampler", "budget", "logger")
+EXIT_USAGE = 2
+
+
+def config_dir() -> str:
+    """conf/ inside the installed package (wheel), else the repository's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError("zorun's config directory (conf/config.yaml) is missing from the installation")
+
+
+CONF_DIR = config_dir()
+register_configs()
+
+
+def group_options(group: str) -> List[str]:
+    return sorted(p.stem for p in Path(CONF_DIR, group).glob("*.yaml"))
+
+
+def _flatten(text: str) -> str:
+    return " ".join(text.split())
+
+
+def one_line(ex: BaseException) -> str:
+    """The shortest message that names the key, the problem and the fix."""
+    if isinstance(ex, ConfigError):
+        return str(ex)
+    msg = str(ex)
+    missing = re.search(r"Could not find '([^/']+)/([^']+)'", msg)
+    if isinstance(ex, MissingConfigException) and missing:
+        group, option = missing.groups()
+        if group in GROUPS:
+            opts = ", ".join(group_options(group))
+            return f"unknown {group} '{option}': choose {group}=<one of: {opts}>"
+    if isinstance(ex, MissingConfigException) and "Cannot find primary config" in msg:
+        return _flatten(msg)
+    cause = ex.__cause__ if ex.__cause__ is not None else ex
+    if isinstance(cause, OmegaConfBaseException):
+        key = getattr(cause, "full_key", None) or ""
+        text = str(cause).split("\n")[0]
+        if "not in" in text or "Key '" in text and "not in" in text:
+            return f"unknown key '{key}': check the spelling; `zorun --cfg job` lists every key"
+        allowed = re.search(r"expected one of \[(.*)\]", text)
+        if allowed:
+            return f"{key}: invalid value; allowed values: {allowed.group(1)}"
+        return f"{key}: {text}" if key else _flatten(text)
+    could_not = re.search(r"Could not override '([^']+)'", msg)
+    if could_not:
+        return f"unknown key '{could_not.group(1)}': check the spelling; `zorun --cfg job` lists every key"
+    return _flatten(msg)
+
+
+def check_known_keys(node: DictConfig, prefix: str = "") -> None:
+    """Refuse keys a `+key=value` override added outside a group's schema."""
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        fields = {f.name for f in dataclasses.fields(schema)}
+        for key in node.keys():
+            if key not in fields and key != "hydra":
+                raise ConfigError(f"unknown key '{prefix}{key}': check the spelling; `zorun --cfg job` lists every key")
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
+            check_known_keys(child, f"{prefix}{key}.")
+
+
+def job_overrides(overrides: List[str], multirun: bool, compose) -> List[List[str]]:
+    """Expand a command line into one override list per job, as Hydra's basic sweeper does."""
+    if not multirun:
+        return [overrides]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parser = OverridesParser.create()
+    plain = [o for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    hydra_cfg = compose([o.input_line for o in plain], return_hydra_config=True).hydra
+    params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), None)
+    return [job for batch in batches for job in batch]
+
+
+def preflight(overrides: List[str], multirun: bool) -> int:
+    """Compose and validate every job; return the number of jobs. Raises on the first bad one."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="zorun"):
+        def _compose(ovr, return_hydra_config=False):
+            return compose("config", overrides=list(ovr), return_hydra_config=return_hydra_config)
+
+        jobs = job_overrides(overrides, multirun, _compose)
+        for job in jobs:
+            cfg = _compose(job)
+            check_known_keys(cfg)
+            validate(cfg)
+            from zorun.registry import check_combination
+
+            check_combination(cfg)
+    return len(jobs)
+
+
+def usage() -> str:
+    lines = [
+        "zorun: zeroth-order (forward-only) fine-tuning of language models, driven by Hydra.",
+        "",
+        "usage: zorun [group=option ...] [key=value ...]        one run",
+        "       zorun -m group=a,b key=1,2                      a multirun sweep (one job per combination)",
+        "       zorun --cfg job [overrides]                     print the composed config",
+        "",
+        "config groups (group=option; the default is marked *):",
+    ]
+    defaults = {"model": "tiny", "task": "synthetic", "estimator": "mezo", "sampler": "uniform",
+                "budget": "demo", "logger": "default"}
+    for group in GROUPS:
+        opts = [o + ("*" if o == defaults[group] else "") for o in group_options(group)]
+        lines.append(f"  {group:<10} {', '.join(opts)}")
+    lines += [
+        "",
+        "root keys: seed (int, seeds z, data order and random init)",
+        "outputs: <run dir>/metrics.jsonl, summary.json, .hydra/ (see README)",
+        "Hydra's own flags (--multirun, --cfg, --resolve, --info, --hydra-help, ...) work as usual.",
+    ]
+    return "\n".join(lines)
+
+
+def _hydra_argv_parser():
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser()
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _app(cfg: DictConfig) -> Optional[dict]:
+    from zorun.run import execute
+
+    return execute(cfg)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage())
+        return
+    args = _hydra_argv_parser().parse_args(argv)
+    if not (args.hydra_help or args.info or args.shell_completion):
+        try:
+            preflight(args.overrides, args.multirun)
+        except (ConfigError, HydraException, OmegaConfBaseException) as ex:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"zorun: error: {one_line(ex)}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+    sys.argv = [sys.argv[0]] + list(argv)
+    _app()

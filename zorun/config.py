@@ -1,0 +1,156 @@
+"""Dataclass schemas for every config group, registered with Hydra's ConfigStore.
+
+Each YAML file in ``conf/<group>/`` starts its defaults list with
+``/schema/<group>/<schema>@_here_``, so OmegaConf checks types, enum values
+and unknown keys while Hydra composes. Ranges (lr > 0, ...) cannot be
+expressed as types; :func:`validate` checks them before any model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from zorun.errors import ConfigError
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class ModelInit(str, Enum):
+    pretrained = "pretrained"  # load weights from model.path or the hub id
+    random = "random"  # build the architecture from model.arch, random weights
+
+
+class TaskType(str, Enum):
+    classification = "classification"
+    generation = "generation"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    hf_id: Optional[str] = None  # Hugging Face hub id of the checkpoint
+    path: Optional[str] = None  # local directory with a saved checkpoint (wins over hf_id)
+    init: ModelInit = ModelInit.pretrained
+    dtype: DType = DType.float32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_length: int = 2048  # prompts are truncated from the left to fit
+    # Architecture fields (transformers config kwargs incl. model_type):
+    # what model.init=random builds, and what the tiny model is.
+    arch: Dict[str, Any] = field(default_factory=dict)
+    tokenizer: Optional[str] = None  # "builtin" for the offline tiny tokenizer; else hub id/path
+
+
+@dataclass
+class DatasetConfig:
+    path: Optional[str] = None  # hub id, e.g. nyu-mll/glue
+    name: Optional[str] = None  # hub config, e.g. sst2
+
+
+@dataclass
+class TaskConfig:
+    name: str = "synthetic"
+    type: TaskType = TaskType.classification
+    num_train: int = 1000
+    num_dev: int = 500
+    num_test: int = 1000
+    seed: int = 0  # seed of the data sampling, independent of the run seed
+    train_as_classification: bool = True  # CE over candidates; False: LM loss on the answer
+    max_new_tokens: int = 50  # generation tasks
+    path: Optional[str] = None  # task=local: the user's JSONL file
+    candidates: List[str] = field(default_factory=list)  # task=local: shared candidates
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    options: Dict[str, Any] = field(default_factory=dict)  # task-specific knobs
+
+
+@dataclass
+class EstimatorConfig:
+    name: str = "mezo"
+    lr: float = 1e-3
+    eps: float = 1e-3
+    weight_decay: float = 0.0
+    one_sided: bool = False  # (L(θ+εz) − L(θ))/ε instead of the central difference
+    q: int = 1  # queries per step, averaged, applied sequentially
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "uniform"
+
+
+@dataclass
+class BudgetConfig:
+    name: str = "demo"
+    steps: int = 1000
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    eval_every: int = 0  # 0: only before and after training
+    log_every: int = 10
+    time_limit_s: float = 0.0  # 0: no limit; else stop training (status completed) after this
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "default"
+    progress: bool = True  # rich progress bar (only when stdout is a terminal)
+
+
+@dataclass
+class RootConfig:
+    seed: int = 0
+    model: Any = None
+    task: Any = None
+    estimator: Any = None
+    sampler: Any = None
+    budget: Any = None
+    logger: Any = None
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="zorun_schema", node=RootConfig)
+    for group, node in {
+        "model": ModelConfig,
+        "task": TaskConfig,
+        "estimator": EstimatorConfig,
+        "sampler": SamplerConfig,
+        "budget": BudgetConfig,
+        "logger": LoggerConfig,
+    }.items():
+        cs.store(group=f"schema/{group}", name="base", node=node)
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value} is out of range: {rule}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and combination checks that types cannot express. Raises ConfigError."""
+    est, bud, task = cfg.estimator, cfg.budget, cfg.task
+    _require(est.lr > 0, "estimator.lr", est.lr, "it must be > 0")
+    _require(est.eps > 0, "estimator.eps", est.eps, "it must be > 0")
+    _require(est.weight_decay >= 0, "estimator.weight_decay", est.weight_decay, "it must be >= 0")
+    _require(est.q >= 1, "estimator.q", est.q, "it must be >= 1")
+    _require(bud.steps >= 0, "budget.steps", bud.steps, "it must be >= 0")
+    _require(bud.batch_size >= 1, "budget.batch_size", bud.batch_size, "it must be >= 1")
+    _require(bud.eval_batch_size >= 1, "budget.eval_batch_size", bud.eval_batch_size, "it must be >= 1")
+    _require(bud.eval_every >= 0, "budget.eval_every", bud.eval_every, "it must be >= 0 (0: only at start and end)")
+    _require(bud.log_every >= 1, "budget.log_every", bud.log_every, "it must be >= 1")
+    _require(bud.time_limit_s >= 0, "budget.time_limit_s", bud.time_limit_s, "it must be >= 0 (0: none)")
+    for split in ("num_train", "num_dev", "num_test"):
+        _require(task[split] >= 0, f"task.{split}", task[split], "it must be >= 0")
+    _require(task.max_new_tokens >= 1, "task.max_new_tokens", task.max_new_tokens, "it must be >= 1")
+    _require(cfg.model.max_length >= 8, "model.max_length", cfg.model.max_length, "it must be >= 8")
+    if cfg.model.init == ModelInit.random and not cfg.model.arch:
+        raise ConfigError(f"model.init=random needs model.arch fields, and model={cfg.model.name} has none")
+    if task.name == "local" and not task.path:
+        raise ConfigError("task=local needs task.path=FILE.jsonl (one JSON object per line)")

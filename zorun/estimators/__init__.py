@@ -1,0 +1,1 @@
+"""ZO optimisers (and, later, first-order baselines): forward passes and update rules."""

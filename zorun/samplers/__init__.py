@@ -1,0 +1,1 @@
+"""Direction distributions: which blocks are active, their scales and update weights."""

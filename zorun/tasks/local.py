@@ -1,0 +1,70 @@
+"""task=local: the user's own JSONL file, validated line by line.
+
+Classification: {"prompt": str, "candidates": [str, ...], "label": int}; the
+candidates may instead be given once as task.candidates. Generation
+(task.type=generation): {"prompt": str, "answers": [str, ...]} (or "answer").
+Every problem is reported with the file and the line number.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List
+
+from omegaconf import DictConfig
+
+from zorun.errors import ZorunError
+from zorun.tasks.base import Example, Task, register_task, split_examples
+
+
+def _fail(path: Path, line: int, why: str) -> ZorunError:
+    return ZorunError(f"{path}:{line}: {why}")
+
+
+def _is_str_list(x) -> bool:
+    return isinstance(x, list) and len(x) > 0 and all(isinstance(s, str) for s in x)
+
+
+def read_jsonl(path: Path, kind: str, shared_candidates: List[str]) -> List[Example]:
+    if not path.is_file():
+        raise ZorunError(f"task.path={path} does not exist; give a JSONL file with one example per line")
+    examples = []
+    with path.open(encoding="utf-8") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise _fail(path, n, f"malformed JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(rec, dict):
+                raise _fail(path, n, "expected a JSON object")
+            if not isinstance(rec.get("prompt"), str):
+                raise _fail(path, n, "missing field 'prompt' (a string)")
+            if kind == "generation":
+                answers = rec.get("answers", [rec["answer"]] if isinstance(rec.get("answer"), str) else None)
+                if not _is_str_list(answers):
+                    raise _fail(path, n, "missing field 'answers' (a non-empty list of strings) or 'answer'")
+                examples.append(Example(prompt=rec["prompt"], answers=answers))
+                continue
+            cands = rec.get("candidates", shared_candidates or None)
+            if not _is_str_list(cands) or len(cands) < 2:
+                raise _fail(path, n, "missing field 'candidates' (two or more strings) and no task.candidates")
+            label = rec.get("label")
+            if not isinstance(label, int) or isinstance(label, bool):
+                raise _fail(path, n, "missing field 'label' (an integer index into the candidates)")
+            if not 0 <= label < len(cands):
+                raise _fail(path, n, f"label {label} is out of range for {len(cands)} candidates (0..{len(cands) - 1})")
+            examples.append(Example(prompt=rec["prompt"], candidates=list(cands), label=label))
+    if not examples:
+        raise ZorunError(f"task.path={path} holds no examples")
+    return examples
+
+
+@register_task("local")
+def build(cfg: DictConfig) -> Task:
+    kind = cfg.type.value if hasattr(cfg.type, "value") else str(cfg.type)
+    examples = read_jsonl(Path(cfg.path), kind, list(cfg.candidates))
+    return Task(name="local", type=kind, train_as_classification=cfg.train_as_classification,
+                **split_examples(examples, cfg))
