@@ -142,7 +142,7 @@ def usage() -> str:
         lines.append(f"  {group:<10} {', '.join(opts)}")
     lines += [
         "",
-        "root keys: seed (int, seeds z, data order and random init)",
+        "root keys: seed (int, seeds z, data order and random init); kernels (auto|triton|torch, the perturb/update backend)",
         "outputs: <run dir>/metrics.jsonl, summary.json, .hydra/ (see README)",
         "Hydra's own flags (--multirun, --cfg, --resolve, --info, --hydra-help, ...) work as usual.",
     ]

@@ -29,6 +29,12 @@ class ModelInit(str, Enum):
     random = "random"  # build the architecture from model.arch, random weights
 
 
+class KernelBackend(str, Enum):
+    auto = "auto"  # Triton for CUDA tensors when it imports, the torch reference otherwise
+    triton = "triton"
+    torch = "torch"
+
+
 class TaskType(str, Enum):
     classification = "classification"
     generation = "generation"
@@ -106,6 +112,7 @@ class LoggerConfig:
 @dataclass
 class RootConfig:
     seed: int = 0
+    kernels: KernelBackend = KernelBackend.auto
     model: Any = None
     task: Any = None
     estimator: Any = None

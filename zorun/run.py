@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from zorun import kernels
 from zorun.errors import ZorunError
 from zorun.models import load_model, load_tokenizer
 from zorun.params import ParamSpace
@@ -64,6 +65,7 @@ class Run:
         self.device = next(self.model.parameters()).device
         self.clock.sync_cuda = self.device.type == "cuda"
         self.space = ParamSpace.from_model(self.model)
+        log.info(kernels.select(cfg.kernels, self.space))
         self.sampler = build_sampler(cfg, self.space, cfg.seed)
         self.estimator = build_estimator(cfg, self.space)
         log.info("model %s: %d trainable tensors, %.2fM parameters on %s", cfg.model.name,
