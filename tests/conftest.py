@@ -39,3 +39,8 @@ def tiny_llama(hidden: int = 16, layers: int = 1, vocab: int = 64, seed: int = 0
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# Tiny models gain nothing from a second thread, and on a shared machine OpenMP's
+# spinning threads slow every CLI subprocess down many times over.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
