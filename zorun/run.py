@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zorun import kernels
 from zorun.errors import ZorunError
+from zorun.memory import peak_bytes
 from zorun.models import load_model, load_tokenizer
 from zorun.params import ParamSpace
 from zorun.registry import build_estimator, build_sampler
@@ -29,13 +29,6 @@ from zorun.timing import Clock
 from zorun.tracking import Console, MetricsWriter, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak allocated bytes on a GPU; peak resident set size of the process on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 class Run:
@@ -181,7 +174,7 @@ class Run:
             "dev": self.results["dev"],
             "test": self.results["test"],
             "wall_s": wall,
-            "peak_mem_bytes": peak_memory_bytes(device),
+            "peak_mem_bytes": peak_bytes(device),
             "time_s": dict(self.clock.totals),
             "state_bytes": self.estimator.state_bytes if hasattr(self, "estimator") else 0,
         }
