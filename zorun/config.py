@@ -121,7 +121,7 @@ class ZOAdamConfig(ZOEstimatorConfig):
 @dataclass
 class HiZOOConfig(ZOEstimatorConfig):
     name: str = "hizoo"
-    hessian_smooth: float = 1e-8  # α: EMA rate of the diagonal Hessian estimate
+    hessian_smooth: float = 1e-6  # α: EMA rate of the diagonal Hessian estimate (public script: 0 or 1e-8)
 
 
 @dataclass
