@@ -1,6 +1,6 @@
 """Torch reference of the kernel passes, for CPU and tensors Triton cannot take.
 
-z is produced in chunks of CHUNK elements into one reused float32 buffer per
+z is produced in chunks of CHUNK (32768) elements into one reused float32 buffer per
 device, so no full-size temporary of a large tensor is ever allocated, and a
 pass touches each parameter once while its chunk is in cache. Every pass over
 a block draws the same chunk sequence from a generator seeded with
@@ -20,7 +20,10 @@ from zorun.kernels.passes import A, ADAM, BC1, BC2, C, KEEP, MOMENTUM, PLAIN, Pa
 from zorun.params import ParamSpace
 from zorun.plan import mix_seed
 
-CHUNK = 1 << 16
+# At most at::internal::GRAIN_SIZE (32768): torch then runs the elementwise ops on a chunk on the
+# calling thread, with no OpenMP fork/join per chunk (randn is serial anyway). On a busy machine a
+# 65536-element chunk was ~7x slower per element, every small parallel region waiting for a thread.
+CHUNK = 1 << 15
 _ROUNDING_STREAM = 1  # the stochastic-rounding uniforms come from mix_seed(seed, block, 1)
 
 
