@@ -239,7 +239,28 @@ def test_stochastic_rounding_moves_bf16_by_updates_below_half_an_ulp(backend):
 
 
 # ------------------------------------------- the Triton run, and dispatch
-if not INTERPRETED:
+if INTERPRETED:
+
+    def test_one_launch_per_dtype_over_the_active_tiles_only(backend, monkeypatch):
+        from zorun.kernels import triton_kernels as tk
+
+        grids, real = [], tk._pass_kernel
+
+        class Spy:
+            def __getitem__(self, grid):
+                grids.append(grid)
+                return real[grid]
+
+        monkeypatch.setattr(tk, "_pass_kernel", Spy())
+        named = [(f"layers.{i}.weight", torch.nn.Parameter(torch.zeros(n, dtype=dt)))
+                 for i, (n, dt) in enumerate([(5000, torch.float32), (100, torch.float32), (9000, torch.float32),
+                                              (300, torch.bfloat16)])]
+        space = ParamSpace(named)
+        kernels.perturb_(space, Plan(1, torch.tensor([0, 1, 3])), 1.0)
+        assert grids == [(2 + 1,), (1,)]  # fp32: ceil(5000/4096) + ceil(100/4096) tiles; bf16: 1; block 2 idle
+        assert torch.equal(space.blocks[2].tensor.detach(), torch.zeros(9000))
+
+else:
 
     def test_triton_kernels_interpreted():
         """The checks above, Triton backend, on CPU under TRITON_INTERPRET=1 (a fresh process)."""
