@@ -1,6 +1,6 @@
 """Torch reference of the kernel passes, for CPU and tensors Triton cannot take.
 
-z is produced in chunks of CHUNK (32768) elements into one reused float32 buffer per
+z is produced in chunks of CHUNK elements into one reused float32 buffer per
 device, so no full-size temporary of a large tensor is ever allocated, and a
 pass touches each parameter once while its chunk is in cache. Every pass over
 a block draws the same chunk sequence from a generator seeded with
@@ -12,6 +12,7 @@ The algebra of each pass is documented in :mod:`zorun.kernels.passes`.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Dict, Iterator, List, Tuple
 
 import torch
@@ -20,10 +21,7 @@ from zorun.kernels.passes import A, ADAM, BC1, BC2, C, KEEP, MOMENTUM, PLAIN, Pa
 from zorun.params import ParamSpace
 from zorun.plan import mix_seed
 
-# At most at::internal::GRAIN_SIZE (32768): torch then runs the elementwise ops on a chunk on the
-# calling thread, with no OpenMP fork/join per chunk (randn is serial anyway). On a busy machine a
-# 65536-element chunk was ~7x slower per element, every small parallel region waiting for a thread.
-CHUNK = 1 << 15
+CHUNK = 1 << 15  # 128 KiB of fp32: z, θ's chunk and the state chunks stay in L2 while a chunk is processed
 _ROUNDING_STREAM = 1  # the stochastic-rounding uniforms come from mix_seed(seed, block, 1)
 
 
@@ -77,9 +75,31 @@ def _stateful(states: List[torch.Tensor], start: int, size: int) -> List[torch.T
     return [s.view(-1)[start : start + size] for s in states]
 
 
+@contextmanager
+def _one_thread():
+    """Run a pass's chunk ops on the calling thread.
+
+    randn is serial anyway, and the elementwise ops on a cached chunk are tiny;
+    letting torch fork/join threads for each of them cost far more than it saved
+    (on a busy 2-core machine, ~7x slower per element at 65536-element chunks,
+    ~50x for Adam's sqrt, each small parallel region waiting for a descheduled thread).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
 def run_pass(space: ParamSpace, seed: int, blocks: torch.Tensor, coefs: torch.Tensor, p: Pass) -> None:
     """Execute one pass (see :mod:`zorun.kernels.passes`) block by block, chunk by chunk."""
+    with _one_thread():
+        _run_blocks(space, seed, blocks, coefs, p)
+
+
+def _run_blocks(space: ParamSpace, seed: int, blocks: torch.Tensor, coefs: torch.Tensor, p: Pass) -> None:
     for row, b in enumerate(blocks.tolist()):
         a, keep, c, bc1, bc2 = (float(v) for v in coefs[row, [A, KEEP, C, BC1, BC2]])
         theta = space.blocks[b].tensor.data
