@@ -166,6 +166,11 @@ def _hydra_argv_parser():
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> Optional[dict]:
+    from zorun.multirun import skip_if_completed
+
+    previous = skip_if_completed(cfg)  # before importing the run stack: resuming a grid is quick
+    if previous is not None:
+        return previous
     from zorun.run import execute
 
     return execute(cfg)

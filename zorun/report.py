@@ -45,7 +45,7 @@ class Job:
     @property
     def error(self) -> str:
         if self.summary is None:
-            return "no summary.json: the job was killed or is still running"
+            return "the job was killed or is still running"
         return str(self.summary.get("error") or "").splitlines()[0] if self.summary.get("error") else ""
 
     @property

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zorun.errors import ZorunError
-from zorun.multirun import config_hash, skip_if_completed
+from zorun.multirun import config_hash
 from zorun.models import load_model, load_tokenizer
 from zorun.params import ParamSpace
 from zorun.registry import build_estimator, build_sampler
@@ -213,9 +213,6 @@ def execute(cfg: DictConfig) -> Dict[str, Any]:
     """Hydra's task function: run, always write summary.json, map failures to exit codes."""
     from hydra.core.hydra_config import HydraConfig
 
-    previous = skip_if_completed(cfg)
-    if previous is not None:
-        return previous
     run = Run(cfg, HydraConfig.get().runtime.output_dir)
     exit_code = 0
     try:

@@ -76,25 +76,23 @@ class WandbLogger:
         directory.mkdir(parents=True, exist_ok=True)
         kwargs = dict(project=logger_cfg.project, entity=logger_cfg.entity, group=group, job_type=job_type,
                       tags=tags, name=name, config=config, dir=str(directory))
+        attempts, reason = [mode], None
         if mode == "online" and not has_credentials():
-            log.warning("W&B: logger.mode=online but no API key is configured (WANDB_API_KEY or `wandb login`); "
-                        "logging offline to %s instead (sync later with `wandb sync`)", directory)
-            mode = "offline"
-        try:
-            return cls(cls._init(kwargs, mode, logger_cfg.init_timeout_s))
-        except Exception as err:
-            if mode != "online":
-                log.warning("W&B could not start (%s: %s); continuing without W&B, local files are complete",
-                            type(err).__name__, _first_line(err))
-                return cls()
-            log.warning("W&B could not start online (%s: %s); logging offline to %s instead "
-                        "(sync later with `wandb sync`)", type(err).__name__, _first_line(err), directory)
-        try:
-            return cls(cls._init(kwargs, "offline", logger_cfg.init_timeout_s))
-        except Exception as err:
-            log.warning("W&B could not start offline either (%s: %s); continuing without W&B",
-                        type(err).__name__, _first_line(err))
-            return cls()
+            attempts = ["offline"]
+            reason = "logger.mode=online but no W&B API key is configured (WANDB_API_KEY or `wandb login`)"
+        elif mode == "online":
+            attempts.append("offline")
+        for attempt in attempts:
+            try:
+                run = cls._init(kwargs, attempt, logger_cfg.init_timeout_s)
+            except Exception as err:
+                reason = f"W&B could not start {attempt} ({type(err).__name__}: {_first_line(err)})"
+                continue
+            if attempt != mode or reason:
+                log.warning("%s; logging offline to %s instead (sync later with `wandb sync`)", reason, directory)
+            return cls(run)
+        log.warning("%s; continuing without W&B, the local files are complete", reason)
+        return cls()
 
     @staticmethod
     def _init(kwargs: Dict[str, Any], mode: str, timeout_s: float) -> Any:
@@ -107,11 +105,11 @@ class WandbLogger:
         run.define_metric("*", step_metric="step")  # every chart against the training step
         return run
 
-    def _guard(self, what: str, fn, *args: Any) -> None:
+    def _guard(self, what: str, fn) -> None:
         if self.run is None:
             return
         try:
-            fn(*args)
+            fn()
         except Exception as err:
             if not self._warned:
                 log.warning("W&B %s failed (%s: %s); the run goes on, local files are complete",
