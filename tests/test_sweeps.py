@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from zorun.cli import CONF_DIR, job_overrides, one_line, preflight
 from zorun.multirun import safe_dirname, sweeps_dir
@@ -183,3 +183,51 @@ def test_smoke_grid_end_to_end_with_wandb_offline_report_and_resume(tmp_path):
     assert (second.stdout + second.stderr).count("skipped: completed with the same config") == 2
     assert [(d / "summary.json").stat().st_mtime_ns for d in job_dirs] == mtimes
     assert len(list(job_dirs[0].glob("wandb/offline-run-*"))) == 1, "a skipped job starts no W&B run"
+
+
+def _job_config(sweep_dir: Path, job: str, overrides):
+    """A composed multirun job config with Hydra's runtime fields set, as a launcher would."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra.sweep.dir={sweep_dir}", *overrides], return_hydra_config=True)
+    cfg.hydra.mode = RunMode.MULTIRUN
+    cfg.hydra.runtime.output_dir = str(sweep_dir / job)
+    HydraConfig.instance().set_config(cfg)
+    task_cfg = cfg.copy()
+    with open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
+
+
+@pytest.fixture
+def hydra_job():
+    """HydraConfig is process-global: leave it as found."""
+    from hydra.core.hydra_config import HydraConfig
+
+    yield _job_config
+    HydraConfig.instance().cfg = None
+
+
+def test_resume_is_keyed_on_the_config_hash_and_force_reruns(tmp_path, hydra_job):
+    from zorun.multirun import config_hash, skip_if_completed
+
+    done = hydra_job(tmp_path, "old-name", ["seed=3"])
+    (tmp_path / "old-name").mkdir()
+    (tmp_path / "old-name" / "summary.json").write_text(
+        json.dumps({"status": "completed", "config_hash": config_hash(done), "test": {"accuracy": 0.9}}))
+
+    same = hydra_job(tmp_path, "new-name", ["seed=3", "logger.mode=disabled"])  # logging is not identity
+    assert skip_if_completed(same)["test"] == {"accuracy": 0.9}
+    assert json.loads((tmp_path / "new-name" / "skipped.json").read_text())["summary"].endswith("old-name/summary.json")
+    assert skip_if_completed(hydra_job(tmp_path, "other", ["seed=4"])) is None
+
+    (tmp_path / "old-name" / "metrics.jsonl").write_text('{"step": 1}\n')
+    forced = hydra_job(tmp_path, "old-name", ["seed=3", "force=true"])
+    assert skip_if_completed(forced) is None
+    assert not (tmp_path / "old-name" / "metrics.jsonl").exists(), "a re-run starts a fresh metrics.jsonl"
+
+    failed = tmp_path / "old-name" / "summary.json"
+    failed.write_text(json.dumps({"status": "failed", "config_hash": config_hash(done)}))
+    assert skip_if_completed(hydra_job(tmp_path, "old-name", ["seed=3"])) is None

@@ -105,6 +105,7 @@ def skip_if_completed(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     if found.parent.resolve() != out_dir.resolve():
         from zorun.tracking import write_json_atomic
 
+        out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out_dir / "skipped.json", {"reason": "completed with the same config", "summary": str(found)})
     log.info("skipped: completed with the same config in %s (force=true re-runs it)", found.parent)
     return json.loads(found.read_text())
