@@ -97,10 +97,34 @@ class BudgetConfig:
     time_limit_s: float = 0.0  # 0: no limit; else stop training (status completed) after this
 
 
+class WandbMode(str, Enum):
+    auto = "auto"  # WANDB_MODE if set, else online with credentials (env or netrc), else offline
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
 @dataclass
 class LoggerConfig:
-    name: str = "default"
+    """Local outputs (metrics.jsonl, summary.json, console) are always written; this adds trackers."""
+
+    name: str = "none"
     progress: bool = True  # rich progress bar (only when stdout is a terminal)
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    name: str = "wandb"
+    project: str = "zorun"
+    entity: Optional[str] = None  # W&B team or user; None: the account's default
+    mode: WandbMode = WandbMode.auto
+    group: Optional[str] = None  # None: "<sweep name>-<launch time>" in a multirun, unset in a single run
+    tags: List[str] = field(default_factory=list)  # added to model, task, estimator, sampler
+    dir: Optional[str] = None  # where W&B writes its files; None: the run's output directory
+    init_timeout_s: float = 30.0  # give up on the W&B server after this and log offline
+    # The launch time, one value for every job of a multirun (Hydra copies the
+    # resolver cache from the sweep to its jobs; the multirun callback primes it).
+    launched: str = "${now:%Y-%m-%d_%H-%M-%S}"
 
 
 @dataclass
@@ -112,6 +136,7 @@ class RootConfig:
     sampler: Any = None
     budget: Any = None
     logger: Any = None
+    force: bool = False  # multirun: re-run jobs even when a completed summary.json with the same config exists
 
 
 def register_configs() -> None:
@@ -126,6 +151,7 @@ def register_configs() -> None:
         "logger": LoggerConfig,
     }.items():
         cs.store(group=f"schema/{group}", name="base", node=node)
+    cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zorun.errors import ZorunError
 from zorun.memory import peak_bytes
+from zorun.multirun import config_hash
 from zorun.models import load_model, load_tokenizer
 from zorun.params import ParamSpace
 from zorun.registry import build_estimator, build_sampler
@@ -26,6 +27,7 @@ from zorun.tasks import Example, build_task
 from zorun.tasks.scoring import classification_loss, encode, evaluate_classification, evaluate_generation, lm_loss
 from zorun.timing import Clock
 from zorun.tracking import Console, MetricsWriter, write_json_atomic
+from zorun.tracking.wandb_logger import WandbLogger, start_run_logger
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +46,14 @@ class Run:
         self.start_time = time.perf_counter()
         self.metrics: Optional[MetricsWriter] = None
         self.console = Console(enabled=bool(cfg.logger.progress))
+        self.wandb = WandbLogger()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl")
+        self.wandb = start_run_logger(cfg, self.out_dir)
         with self.clock("setup"):
             self.task = build_task(cfg.task)  # data problems surface before the model loads
             self.tokenizer = load_tokenizer(cfg.model)
@@ -128,7 +132,7 @@ class Run:
                     self.log_step(losses[-budget.log_every:], lr, result)
                 if budget.eval_every and self.step % budget.eval_every == 0 and self.step < budget.steps:
                     dev = self.evaluate("dev")
-                    self.metrics.write({"step": self.step, "dev": dev, "wall_s": self.wall_s()})
+                    self.write_record({"step": self.step, "dev": dev, "wall_s": self.wall_s()})
                 if budget.time_limit_s and self.wall_s() >= budget.time_limit_s:
                     log.info("budget.time_limit_s=%s reached at step %d", budget.time_limit_s, self.step)
                     break
@@ -148,7 +152,11 @@ class Run:
         record = {"step": self.step, "loss": sum(recent) / len(recent), "lr": lr, "grad": result.grad,
                   "wall_s": self.wall_s(), "forward_passes": self.forward_passes}
         record.update(self.sampler.log_record())
+        self.write_record(record)
+
+    def write_record(self, record: Dict[str, Any]) -> None:
         self.metrics.write(record)
+        self.wandb.log(record)
 
     # ---------------------------------------------------------------- cleanup
     def fail(self, status: str, message: str) -> None:
@@ -175,17 +183,22 @@ class Run:
             "peak_mem_bytes": peak_bytes(device),
             "time_s": dict(self.clock.totals),
             "state_bytes": self.estimator.state_bytes if hasattr(self, "estimator") else 0,
+            "config_hash": config_hash(self.cfg),
         }
         if self.error:
             out["error"] = self.error
         return out
 
     def cleanup(self) -> Dict[str, Any]:
-        summary = self.summary()
-        write_json_atomic(self.out_dir / "summary.json", summary)
-        if self.metrics is not None:
-            self.metrics.close()
-        self.console.summary(summary, str(self.out_dir))
+        try:
+            summary = self.summary()
+            write_json_atomic(self.out_dir / "summary.json", summary)
+            if self.metrics is not None:
+                self.metrics.close()
+            self.wandb.summary(summary)
+            self.console.summary(summary, str(self.out_dir))
+        finally:
+            self.wandb.finish(exit_code=0 if self.status == "completed" else 1)
         return summary
 
 
