@@ -47,6 +47,8 @@ class Run:
         self.forward_passes = 0
         self.train_loss = float("nan")
         self.results: Dict[str, Any] = {"dev_initial": None, "dev": None, "test": None}
+        self.best: Optional[Dict[str, Any]] = None  # the step with the best dev metric, and its test
+        self.eval_examples = 0
         self.clock = Clock()
         self.start_time = time.perf_counter()
         self.metrics: Optional[MetricsWriter] = None
@@ -102,8 +104,19 @@ class Run:
                 self.cfg.budget.eval_batch_size, self.device)
         with self.clock("eval"):
             if self.task.type == "generation":
-                return evaluate_generation(*args, max_new_tokens=self.cfg.task.max_new_tokens)
-            return evaluate_classification(*args)
+                result = evaluate_generation(*args, max_new_tokens=self.cfg.task.max_new_tokens)
+            else:
+                result = evaluate_classification(*args)
+        self.eval_examples += len(examples)
+        return result
+
+    def select(self, dev: Dict[str, float], test: Optional[Dict[str, float]] = None) -> bool:
+        """Model selection on dev only: at a new best dev metric, evaluate test there (unless given)."""
+        metric = self.task.metric
+        if not dev or (self.best is not None and dev[metric] <= self.best["dev"][metric]):
+            return False
+        self.best = {"step": self.step, "dev": dev, "test": self.evaluate("test") if test is None else test}
+        return True
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
@@ -135,7 +148,10 @@ class Run:
                     self.log_step(losses[-budget.log_every:], lr, result)
                 if budget.eval_every and self.step % budget.eval_every == 0 and self.step < budget.steps:
                     dev = self.evaluate("dev")
-                    self.metrics.write({"step": self.step, "dev": dev, "wall_s": self.wall_s()})
+                    record = {"step": self.step, "dev": dev, "wall_s": self.wall_s()}
+                    if self.select(dev):
+                        record["test"] = self.best["test"]
+                    self.metrics.write(record)
                 if budget.time_limit_s and self.wall_s() >= budget.time_limit_s:
                     log.info("budget.time_limit_s=%s reached at step %d", budget.time_limit_s, self.step)
                     break
@@ -143,8 +159,10 @@ class Run:
             self.console.stop()
         tail = losses[-max(1, min(len(losses), budget.log_every)):]
         self.train_loss = sum(tail) / len(tail) if tail else float("nan")
-        self.results["dev"] = self.evaluate("dev")
+        # no step taken (budget.steps=0: zero-shot / ICL evaluation): the model is the one just evaluated
+        self.results["dev"] = self.evaluate("dev") if self.step else self.results["dev_initial"]
         self.results["test"] = self.evaluate("test")
+        self.select(self.results["dev"], self.results["test"])
         if self.status == "running":
             self.status = "completed"
 
@@ -165,6 +183,9 @@ class Run:
         wall = self.wall_s()
         self.clock.add_other(wall)
         device = getattr(self, "device", torch.device("cpu"))
+        time_s: Dict[str, Any] = dict(self.clock.totals)
+        eval_s = time_s["eval"]
+        time_s["eval_examples_per_s"] = self.eval_examples / eval_s if eval_s > 0 else None
         out = {
             "status": self.status,
             "model": self.cfg.model.name,
@@ -178,9 +199,10 @@ class Run:
             "dev_initial": self.results["dev_initial"],
             "dev": self.results["dev"],
             "test": self.results["test"],
+            "best": self.best,
             "wall_s": wall,
             "peak_mem_bytes": peak_memory_bytes(device),
-            "time_s": dict(self.clock.totals),
+            "time_s": time_s,
             "state_bytes": self.estimator.state_bytes if hasattr(self, "estimator") else 0,
         }
         if self.error:
