@@ -46,11 +46,12 @@ def _load_file(split: str, path: str) -> Split:
         raise ZorunError(f"{key}={path}: unknown format '{file.suffix}'; use .json, .jsonl, .parquet or .csv")
     if not file.is_file():
         raise ZorunError(f"{key}={path} does not exist; point it at a local copy of the {split} split")
-    if file.stat().st_size == 0 or (fmt != "parquet" and not file.read_text(encoding="utf-8").strip()):
+    size = file.stat().st_size
+    if size == 0 or (fmt != "parquet" and size <= 4096 and not file.read_text(encoding="utf-8").strip()):
         raise ZorunError(f"{path}: the {split} split is empty (no records)")
     try:
         rows = datasets.load_dataset(fmt, data_files={split: str(file)}, split=split)
-    except (DatasetsError, OSError, ValueError) as err:
+    except (DatasetsError, OSError, ValueError, StopIteration) as err:
         raise ZorunError(f"{path}: cannot be read as {fmt} ({_cause(err)})") from err
     if len(rows) == 0:
         raise ZorunError(f"{path}: the {split} split is empty (no records)")
