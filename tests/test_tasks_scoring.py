@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from zorun.models.tokenizer import build_tiny_tokenizer
@@ -73,6 +74,18 @@ def test_batched_evaluation_equals_one_at_a_time(arch):
     for m in (model, PlainForward(model)):
         got = evaluate_classification(m, tok, exs, MAX_LENGTH, batch_size=5, device="cpu")
         assert got["accuracy"] == expected
+
+
+@torch.no_grad()
+def test_peft_models_share_the_prompt_unless_prefix_tuned():
+    tok, exs = build_tiny_tokenizer(512), examples()
+    lora = get_peft_model(tiny("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    assert shares_prompt(lora)
+    flat = candidate_scores(lora, encode(tok, exs, MAX_LENGTH))
+    shared = shared_prompt_scores(lora, tok, exs, MAX_LENGTH, "cpu")
+    torch.testing.assert_close(shared, flat, atol=1e-5, rtol=0)
+    assert not shares_prompt(get_peft_model(tiny("llama"), PrefixTuningConfig(task_type="CAUSAL_LM",
+                                                                               num_virtual_tokens=3)))
 
 
 @torch.no_grad()

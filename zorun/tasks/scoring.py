@@ -111,7 +111,16 @@ def candidate_scores(model, enc: Encoded) -> torch.Tensor:
 
 
 def shares_prompt(model) -> bool:
-    """Whether the forward can continue from a cache at given positions (decoder-only HF models)."""
+    """Whether the forward can continue from a cache at given positions (decoder-only HF models).
+
+    A peft model passes those arguments through to its base model, except prompt
+    learning (prefix tuning), which fills the cache itself.
+    """
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None:
+        if peft_config.is_prompt_learning:
+            return False
+        model = model.get_base_model()
     params = inspect.signature(model.forward).parameters
     return all(p in params for p in ("past_key_values", "position_ids", "logits_to_keep"))
 
