@@ -56,6 +56,14 @@ class DatasetConfig:
 
 
 @dataclass
+class DataFilesConfig:
+    """Local copies of a benchmark's hub splits, with the hub's fields (json, jsonl, parquet or csv)."""
+
+    train: Optional[str] = None  # train and dev examples are drawn from it
+    validation: Optional[str] = None  # test examples are drawn from it
+
+
+@dataclass
 class TaskConfig:
     name: str = "synthetic"
     type: TaskType = TaskType.classification
@@ -68,6 +76,8 @@ class TaskConfig:
     path: Optional[str] = None  # task=local: the user's JSONL file
     candidates: List[str] = field(default_factory=list)  # task=local: shared candidates
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    data_files: DataFilesConfig = field(default_factory=DataFilesConfig)  # wins over task.dataset
+    icl_demos: int = 0  # in-context demonstrations before each dev/test prompt (MeZO's ICL: 32)
     options: Dict[str, Any] = field(default_factory=dict)  # task-specific knobs
 
 
@@ -174,6 +184,9 @@ def validate(cfg: DictConfig) -> None:
     _require(bud.time_limit_s >= 0, "budget.time_limit_s", bud.time_limit_s, "it must be >= 0 (0: none)")
     for split in ("num_train", "num_dev", "num_test"):
         _require(task[split] >= 0, f"task.{split}", task[split], "it must be >= 0")
+    _require(task.icl_demos >= 0, "task.icl_demos", task.icl_demos, "it must be >= 0")
+    _require(task.icl_demos <= task.num_train, "task.icl_demos", task.icl_demos,
+             f"the demonstrations are the first training examples, and task.num_train={task.num_train}")
     _require(task.max_new_tokens >= 1, "task.max_new_tokens", task.max_new_tokens, "it must be >= 1")
     _require(cfg.model.max_length >= 8, "model.max_length", cfg.model.max_length, "it must be >= 8")
     if cfg.model.init == ModelInit.random and not cfg.model.arch:

@@ -42,6 +42,8 @@ class Run:
         self.forward_passes = 0
         self.train_loss = float("nan")
         self.results: Dict[str, Any] = {"dev_initial": None, "dev": None, "test": None}
+        self.best: Optional[Dict[str, Any]] = None  # the step with the best dev metric, and its test
+        self.eval_examples = 0
         self.clock = Clock()
         self.start_time = time.perf_counter()
         self.metrics: Optional[MetricsWriter] = None
@@ -99,8 +101,19 @@ class Run:
                 self.cfg.budget.eval_batch_size, self.device)
         with self.clock("eval"):
             if self.task.type == "generation":
-                return evaluate_generation(*args, max_new_tokens=self.cfg.task.max_new_tokens)
-            return evaluate_classification(*args)
+                result = evaluate_generation(*args, max_new_tokens=self.cfg.task.max_new_tokens)
+            else:
+                result = evaluate_classification(*args)
+        self.eval_examples += len(examples)
+        return result
+
+    def select(self, dev: Dict[str, float], test: Optional[Dict[str, float]] = None) -> bool:
+        """Model selection on dev only: at a new best dev metric, evaluate test there (unless given)."""
+        metric = self.task.metric
+        if not dev or (self.best is not None and dev[metric] <= self.best["dev"][metric]):
+            return False
+        self.best = {"step": self.step, "dev": dev, "test": self.evaluate("test") if test is None else test}
+        return True
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
@@ -132,7 +145,10 @@ class Run:
                     self.log_step(losses[-budget.log_every:], lr, result)
                 if budget.eval_every and self.step % budget.eval_every == 0 and self.step < budget.steps:
                     dev = self.evaluate("dev")
-                    self.write_record({"step": self.step, "dev": dev, "wall_s": self.wall_s()})
+                    record = {"step": self.step, "dev": dev, "wall_s": self.wall_s()}
+                    if self.select(dev):
+                        record["test"] = self.best["test"]
+                    self.write_record(record)
                 if budget.time_limit_s and self.wall_s() >= budget.time_limit_s:
                     log.info("budget.time_limit_s=%s reached at step %d", budget.time_limit_s, self.step)
                     break
@@ -140,8 +156,10 @@ class Run:
             self.console.stop()
         tail = losses[-max(1, min(len(losses), budget.log_every)):]
         self.train_loss = sum(tail) / len(tail) if tail else float("nan")
-        self.results["dev"] = self.evaluate("dev")
+        # no step taken (budget.steps=0: zero-shot / ICL evaluation): the model is the one just evaluated
+        self.results["dev"] = self.evaluate("dev") if self.step else self.results["dev_initial"]
         self.results["test"] = self.evaluate("test")
+        self.select(self.results["dev"], self.results["test"])
         if self.status == "running":
             self.status = "completed"
 
@@ -166,6 +184,7 @@ class Run:
         wall = self.wall_s()
         self.clock.add_other(wall)
         device = getattr(self, "device", torch.device("cpu"))
+        eval_s = self.clock.totals["eval"]
         out = {
             "status": self.status,
             "model": self.cfg.model.name,
@@ -179,9 +198,11 @@ class Run:
             "dev_initial": self.results["dev_initial"],
             "dev": self.results["dev"],
             "test": self.results["test"],
+            "best": self.best,
             "wall_s": wall,
             "peak_mem_bytes": peak_bytes(device),
             "time_s": dict(self.clock.totals),
+            "eval_examples_per_s": self.eval_examples / eval_s if eval_s > 0 else None,
             "state_bytes": self.estimator.state_bytes if hasattr(self, "estimator") else 0,
             "config_hash": config_hash(self.cfg),
         }
