@@ -68,7 +68,7 @@ def load_model(cfg: DictConfig, seed: int) -> torch.nn.Module:
 
 def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
     if cfg.tokenizer == "builtin":
-        return build_tiny_tokenizer(int(cfg.arch.get("vocab_size", 512)))
+        return build_tiny_tokenizer()
     source = cfg.tokenizer or (cfg.path if cfg.path else cfg.hf_id)
     try:
         tok = AutoTokenizer.from_pretrained(source)

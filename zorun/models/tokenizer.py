@@ -1,42 +1,46 @@
-"""The offline tokenizer of model=tiny: a byte-level BPE trained in code, in milliseconds.
+"""The offline tokenizer of model=tiny: a sentencepiece-style Unigram model built in code.
 
-Byte-level, so any text encodes (no unknown tokens); its merges are learned
-from the synthetic task's vocabulary, so those words are single tokens.
-Training is deterministic: the same vocabulary every time.
+Its vocabulary is written down, not trained, so it is identical on every
+machine: the synthetic task's words (and some common English) as whole
+pieces, every printable ASCII character, and the 256 byte pieces of
+byte-fallback, so any text encodes and decodes losslessly.
 """
 
 from __future__ import annotations
 
+import string
 from functools import lru_cache
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-SPECIALS = ["<pad>", "<s>", "</s>"]
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+COMMON = ("the", "a", "an", "and", "or", "of", "to", "in", "is", "this", "that", "yes", "no",
+          "true", "false", "not", "what", "who", "question", "answer", "Question", "Answer", "does", "mean")
+SPACE = "▁"
 
 
-def _corpus():
+def _pieces():
     from zorun.tasks.synthetic import ALL_WORDS, TEMPLATE_WORDS
 
-    words = list(ALL_WORDS) + list(TEMPLATE_WORDS)
-    for _ in range(50):
-        yield " ".join(words)
-    # common English and digits so local text tokenises into reasonable pieces
-    yield "the a an and or of to in is was it this that yes no true false 0 1 2 3 4 5 6 7 8 9 ? ! , . \n"
+    words = sorted({w.strip() for w in (*ALL_WORDS, *TEMPLATE_WORDS, *COMMON) if len(w.strip()) > 1})
+    chars = sorted(set(string.printable) - set(string.whitespace))
+    pieces = [(t, 0.0) for t in SPECIALS]
+    pieces += [(f"<0x{i:02X}>", -20.0) for i in range(256)]  # byte fallback: only when nothing else fits
+    pieces += [(c, -10.0) for c in chars] + [(SPACE + c, -10.5) for c in chars] + [(SPACE, -11.0)]
+    pieces += [(SPACE + w, -1.0) for w in words] + [(w, -1.5) for w in words]
+    return pieces
 
 
 @lru_cache(maxsize=None)
-def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
-    )
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.Unigram(_pieces(), unk_id=SPECIALS.index("<unk>"), byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="first")
+    tok.decoder = decoders.Sequence([decoders.Metaspace(replacement=SPACE, prepend_scheme="first"),
+                                     decoders.ByteFallback(), decoders.Fuse()])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_vocab_size() -> int:
+    return len(_pieces())
