@@ -43,15 +43,15 @@ def _scratch_for(device: torch.device) -> _Scratch:
     return _scratch[device]
 
 
-def z_chunks(param: torch.Tensor, seed: int, block: int) -> Iterator[Tuple[int, torch.Tensor]]:
-    """Yield (start, fp32 z chunk) over the flat param; the z buffer is reused between chunks."""
+def z_chunks(param: torch.Tensor, seed: int, block: int) -> Iterator[Tuple[torch.Tensor, int]]:
+    """Yield (fp32 z chunk, its start in the flat param); the z buffer is reused between chunks."""
     sc = _scratch_for(param.device)
     sc.gen.manual_seed(mix_seed(seed, block))
     n = param.numel()
     for start in range(0, n, CHUNK):
         z = sc.z[: min(CHUNK, n - start)]
         torch.randn(z.shape, generator=sc.gen, out=z)
-        yield start, z
+        yield z, start
 
 
 def round_stochastic_(dst: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> None:
@@ -100,8 +100,8 @@ def run_pass(space: ParamSpace, seed: int, blocks: torch.Tensor, coefs: torch.Te
 
 
 def _run_blocks(space: ParamSpace, seed: int, blocks: torch.Tensor, coefs: torch.Tensor, p: Pass) -> None:
-    for row, b in enumerate(blocks.tolist()):
-        a, keep, c, bc1, bc2 = (float(v) for v in coefs[row, [A, KEEP, C, BC1, BC2]])
+    for b, row in zip(blocks.tolist(), coefs[:, [A, KEEP, C, BC1, BC2]].tolist()):
+        a, keep, c, bc1, bc2 = row
         theta = space.blocks[b].tensor.data
         flat = theta.view(-1)
         states = [st[b] for st in p.states]
@@ -109,7 +109,7 @@ def _run_blocks(space: ParamSpace, seed: int, blocks: torch.Tensor, coefs: torch
         sixteen = theta.dtype != torch.float32
         if p.stochastic and sixteen:
             sc.gen_u.manual_seed(mix_seed(seed, b, _ROUNDING_STREAM))
-        for start, z in z_chunks(theta, seed, b):
+        for z, start in z_chunks(theta, seed, b):
             size = z.numel()
             view = flat[start : start + size]
             x = sc.x[:size].copy_(view) if sixteen else view
