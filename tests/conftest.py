@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+# Tests never reach a model hub: fail fast instead of retrying (read when huggingface_hub is imported).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

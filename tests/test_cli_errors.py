@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from zorun import cli
+from zorun import cli as zcli
 from zorun.errors import ZorunError
 from zorun.tasks.local import read_jsonl
 
@@ -31,7 +31,7 @@ BAD = [
 @pytest.mark.parametrize("argv,names,fix", BAD, ids=[" ".join(a) for a, _, _ in BAD])
 def test_bad_config_is_one_line_exit_2(argv, names, fix, capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.main(argv)
+        zcli.main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -42,7 +42,7 @@ def test_bad_config_is_one_line_exit_2(argv, names, fix, capsys):
 def test_subprocess_exit_code_and_no_traceback(cli, tmp_path):
     proc = cli("sampler=nope", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
-    options = ", ".join(cli.group_options("sampler"))
+    options = ", ".join(zcli.group_options("sampler"))
     assert proc.stderr.strip().splitlines() == [
         f"zorun: error: unknown sampler 'nope': choose sampler=<one of: {options}>"
     ]
@@ -95,7 +95,7 @@ def test_missing_model_offline_is_one_line(cli, tmp_path):
 
 
 def test_help_lists_groups_and_options(capsys):
-    cli.main(["--help"])
+    zcli.main(["--help"])
     out = capsys.readouterr().out
     for group in ("model", "task", "estimator", "sampler", "budget", "logger"):
         assert f"  {group} " in out

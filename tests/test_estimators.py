@@ -53,7 +53,7 @@ def est_cfg(name, **kw):
 
 def z_of(space, plan, b):
     t = space.blocks[b].tensor
-    return torch.cat([z.clone() for _, z in z_chunks(t, plan.seed, b)]).view_as(t)
+    return torch.cat([z.clone() for z, _ in z_chunks(t, plan.seed, b)]).view_as(t)
 
 
 def flat(space):

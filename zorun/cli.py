@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from zorun.config import ConfigError, register_configs, validate
+from zorun.multirun import register_sweeps, sweeps_dir
 
 GROUPS = ("model", "task", "estimator", "sampler", "budget", "logger")
 EXIT_USAGE = 2
@@ -39,10 +40,12 @@ def config_dir() -> str:
 
 CONF_DIR = config_dir()
 register_configs()
+register_sweeps()
 
 
 def group_options(group: str) -> List[str]:
-    return sorted(p.stem for p in Path(CONF_DIR, group).glob("*.yaml"))
+    folder = sweeps_dir() if group == "sweep" else Path(CONF_DIR, group)
+    return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
 def _flatten(text: str) -> str:
@@ -57,6 +60,8 @@ def one_line(ex: BaseException) -> str:
     missing = re.search(r"Could not find '([^/']+)/([^']+)'", msg)
     if isinstance(ex, MissingConfigException) and missing:
         group, option = missing.groups()
+        if group == "sweep":
+            return f"unknown sweep '{option}': choose +sweep=<one of: {', '.join(group_options('sweep'))}>"
         if group in GROUPS:
             opts = ", ".join(group_options(group))
             return f"unknown {group} '{option}': choose {group}=<one of: {opts}>"
@@ -136,13 +141,18 @@ def usage() -> str:
         "config groups (group=option; the default is marked *):",
     ]
     defaults = {"model": "tiny", "task": "synthetic", "estimator": "mezo", "sampler": "uniform",
-                "budget": "demo", "logger": "default"}
+                "budget": "demo", "logger": "wandb"}
     for group in GROUPS:
         opts = [o + ("*" if o == defaults[group] else "") for o in group_options(group)]
         lines.append(f"  {group:<10} {', '.join(opts)}")
     lines += [
         "",
-        "root keys: seed (int, seeds z, data order and random init); kernels (auto|triton|torch, the perturb/update backend)",
+        f"sweeps:     zorun -m +sweep=NAME   NAME: {', '.join(group_options('sweep'))} (see sweeps/ and docs)",
+        "report:     zorun-report SWEEP_DIR   (also runs at the end of every multirun)",
+        "",
+        "root keys: seed (int, seeds z, data order and random init);",
+        "           force (bool, multirun: re-run jobs that already completed with the same config);",
+        "           kernels (auto|triton|torch: the perturb/update backend, chosen at setup and logged)",
         "outputs: <run dir>/metrics.jsonl, summary.json, .hydra/ (see README)",
         "Hydra's own flags (--multirun, --cfg, --resolve, --info, --hydra-help, ...) work as usual.",
     ]
@@ -157,6 +167,11 @@ def _hydra_argv_parser():
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> Optional[dict]:
+    from zorun.multirun import skip_if_completed
+
+    previous = skip_if_completed(cfg)  # before importing the run stack: resuming a grid is quick
+    if previous is not None:
+        return previous
     from zorun.run import execute
 
     return execute(cfg)

@@ -62,6 +62,14 @@ class DatasetConfig:
 
 
 @dataclass
+class DataFilesConfig:
+    """Local copies of a benchmark's hub splits, with the hub's fields (json, jsonl, parquet or csv)."""
+
+    train: Optional[str] = None  # train and dev examples are drawn from it
+    validation: Optional[str] = None  # test examples are drawn from it
+
+
+@dataclass
 class TaskConfig:
     name: str = "synthetic"
     type: TaskType = TaskType.classification
@@ -74,6 +82,8 @@ class TaskConfig:
     path: Optional[str] = None  # task=local: the user's JSONL file
     candidates: List[str] = field(default_factory=list)  # task=local: shared candidates
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    data_files: DataFilesConfig = field(default_factory=DataFilesConfig)  # wins over task.dataset
+    icl_demos: int = 0  # in-context demonstrations before each dev/test prompt (MeZO's ICL: 32)
     options: Dict[str, Any] = field(default_factory=dict)  # task-specific knobs
 
 
@@ -180,10 +190,34 @@ class BudgetConfig:
     time_limit_s: float = 0.0  # 0: no limit; else stop training (status completed) after this
 
 
+class WandbMode(str, Enum):
+    auto = "auto"  # WANDB_MODE if set, else online with credentials (env or netrc), else offline
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
 @dataclass
 class LoggerConfig:
-    name: str = "default"
+    """Local outputs (metrics.jsonl, summary.json, console) are always written; this adds trackers."""
+
+    name: str = "none"
     progress: bool = True  # rich progress bar (only when stdout is a terminal)
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    name: str = "wandb"
+    project: str = "zorun"
+    entity: Optional[str] = None  # W&B team or user; None: the account's default
+    mode: WandbMode = WandbMode.auto
+    group: Optional[str] = None  # None: "<sweep name>-<launch time>" in a multirun, unset in a single run
+    tags: List[str] = field(default_factory=list)  # added to model, task, estimator, sampler
+    dir: Optional[str] = None  # where W&B writes its files; None: the run's output directory
+    init_timeout_s: float = 30.0  # give up on the W&B server after this and log offline
+    # The launch time, one value for every job of a multirun (Hydra copies the
+    # resolver cache from the sweep to its jobs; the multirun callback primes it).
+    launched: str = "${now:%Y-%m-%d_%H-%M-%S}"
 
 
 @dataclass
@@ -196,6 +230,7 @@ class RootConfig:
     sampler: Any = None
     budget: Any = None
     logger: Any = None
+    force: bool = False  # multirun: re-run jobs even when a completed summary.json with the same config exists
 
 
 def register_configs() -> None:
@@ -210,6 +245,7 @@ def register_configs() -> None:
         "logger": LoggerConfig,
     }.items():
         cs.store(group=f"schema/{group}", name="base", node=node)
+    cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
     for name, node in ESTIMATOR_SCHEMAS.items():
         cs.store(group="schema/estimator", name=name, node=node)
 
@@ -231,6 +267,9 @@ def validate(cfg: DictConfig) -> None:
     _require(bud.time_limit_s >= 0, "budget.time_limit_s", bud.time_limit_s, "it must be >= 0 (0: none)")
     for split in ("num_train", "num_dev", "num_test"):
         _require(task[split] >= 0, f"task.{split}", task[split], "it must be >= 0")
+    _require(task.icl_demos >= 0, "task.icl_demos", task.icl_demos, "it must be >= 0")
+    _require(task.icl_demos <= task.num_train, "task.icl_demos", task.icl_demos,
+             f"the demonstrations are the first training examples, and task.num_train={task.num_train}")
     _require(task.max_new_tokens >= 1, "task.max_new_tokens", task.max_new_tokens, "it must be >= 1")
     _require(cfg.model.max_length >= 8, "model.max_length", cfg.model.max_length, "it must be >= 8")
     if cfg.model.init == ModelInit.random and not cfg.model.arch:

@@ -21,6 +21,7 @@ from zorun import kernels
 from zorun.errors import ZorunError
 from zorun.estimators.schedule import LRSchedule
 from zorun.memory import peak_bytes
+from zorun.multirun import config_hash
 from zorun.models import load_model, load_tokenizer
 from zorun.params import ParamSpace
 from zorun.registry import build_estimator, build_sampler
@@ -28,6 +29,7 @@ from zorun.tasks import Example, build_task
 from zorun.tasks.scoring import classification_loss, encode, evaluate_classification, evaluate_generation, lm_loss
 from zorun.timing import Clock
 from zorun.tracking import Console, MetricsWriter, write_json_atomic
+from zorun.tracking.wandb_logger import WandbLogger, start_run_logger
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +45,20 @@ class Run:
         self.backward_passes = 0  # first-order estimators only
         self.train_loss = float("nan")
         self.results: Dict[str, Any] = {"dev_initial": None, "dev": None, "test": None}
+        self.best: Optional[Dict[str, Any]] = None  # the step with the best dev metric, and its test
+        self.eval_examples = 0
         self.clock = Clock()
         self.start_time = time.perf_counter()
         self.metrics: Optional[MetricsWriter] = None
         self.console = Console(enabled=bool(cfg.logger.progress))
+        self.wandb = WandbLogger()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl")
+        self.wandb = start_run_logger(cfg, self.out_dir)
         with self.clock("setup"):
             self.task = build_task(cfg.task)  # data problems surface before the model loads
             self.tokenizer = load_tokenizer(cfg.model)
@@ -110,8 +116,19 @@ class Run:
                 self.cfg.budget.eval_batch_size, self.device)
         with self.clock("eval"):
             if self.task.type == "generation":
-                return evaluate_generation(*args, max_new_tokens=self.cfg.task.max_new_tokens)
-            return evaluate_classification(*args)
+                result = evaluate_generation(*args, max_new_tokens=self.cfg.task.max_new_tokens)
+            else:
+                result = evaluate_classification(*args)
+        self.eval_examples += len(examples)
+        return result
+
+    def select(self, dev: Dict[str, float], test: Optional[Dict[str, float]] = None) -> bool:
+        """Model selection on dev only: at a new best dev metric, evaluate test there (unless given)."""
+        metric = self.task.metric
+        if not dev or (self.best is not None and dev[metric] <= self.best["dev"][metric]):
+            return False
+        self.best = {"step": self.step, "dev": dev, "test": self.evaluate("test") if test is None else test}
+        return True
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
@@ -145,7 +162,10 @@ class Run:
                     self.log_step(losses[-budget.log_every:], lr, result)
                 if budget.eval_every and self.step % budget.eval_every == 0 and self.step < budget.steps:
                     dev = self.evaluate("dev")
-                    self.metrics.write({"step": self.step, "dev": dev, "wall_s": self.wall_s()})
+                    record = {"step": self.step, "dev": dev, "wall_s": self.wall_s()}
+                    if self.select(dev):
+                        record["test"] = self.best["test"]
+                    self.write_record(record)
                 if budget.time_limit_s and self.wall_s() >= budget.time_limit_s:
                     log.info("budget.time_limit_s=%s reached at step %d", budget.time_limit_s, self.step)
                     break
@@ -153,8 +173,10 @@ class Run:
             self.console.stop()
         tail = losses[-max(1, min(len(losses), budget.log_every)):]
         self.train_loss = sum(tail) / len(tail) if tail else float("nan")
-        self.results["dev"] = self.evaluate("dev")
+        # no step taken (budget.steps=0: zero-shot / ICL evaluation): the model is the one just evaluated
+        self.results["dev"] = self.evaluate("dev") if self.step else self.results["dev_initial"]
         self.results["test"] = self.evaluate("test")
+        self.select(self.results["dev"], self.results["test"])
         if self.status == "running":
             self.status = "completed"
 
@@ -165,7 +187,11 @@ class Run:
         record = {"step": self.step, "loss": sum(recent) / len(recent), "lr": lr, "grad": result.grad,
                   "wall_s": self.wall_s(), "forward_passes": self.forward_passes}
         record.update(self.sampler.log_record())
+        self.write_record(record)
+
+    def write_record(self, record: Dict[str, Any]) -> None:
         self.metrics.write(record)
+        self.wandb.log(record)
 
     # ---------------------------------------------------------------- cleanup
     def fail(self, status: str, message: str) -> None:
@@ -175,6 +201,7 @@ class Run:
         wall = self.wall_s()
         self.clock.add_other(wall)
         device = getattr(self, "device", torch.device("cpu"))
+        eval_s = self.clock.totals["eval"]
         out = {
             "status": self.status,
             "model": self.cfg.model.name,
@@ -189,21 +216,28 @@ class Run:
             "dev_initial": self.results["dev_initial"],
             "dev": self.results["dev"],
             "test": self.results["test"],
+            "best": self.best,
             "wall_s": wall,
             "peak_mem_bytes": peak_bytes(device),
             "time_s": dict(self.clock.totals),
+            "eval_examples_per_s": self.eval_examples / eval_s if eval_s > 0 else None,
             "state_bytes": self.estimator.state_bytes if hasattr(self, "estimator") else 0,
+            "config_hash": config_hash(self.cfg),
         }
         if self.error:
             out["error"] = self.error
         return out
 
     def cleanup(self) -> Dict[str, Any]:
-        summary = self.summary()
-        write_json_atomic(self.out_dir / "summary.json", summary)
-        if self.metrics is not None:
-            self.metrics.close()
-        self.console.summary(summary, str(self.out_dir))
+        try:
+            summary = self.summary()
+            write_json_atomic(self.out_dir / "summary.json", summary)
+            if self.metrics is not None:
+                self.metrics.close()
+            self.wandb.summary(summary)
+            self.console.summary(summary, str(self.out_dir))
+        finally:
+            self.wandb.finish(exit_code=0 if self.status == "completed" else 1)
         return summary
 
 

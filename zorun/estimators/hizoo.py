@@ -45,7 +45,7 @@ import torch
 
 from zorun.errors import ConfigError
 from zorun.estimators.base import Estimator, StepResult, copy_into, fp32_like, nbytes
-from zorun.kernels.reference import CHUNK, z_chunks
+from zorun.kernels.reference import CHUNK, _one_thread, z_chunks
 from zorun.plan import Plan
 
 _scratch: Dict[torch.device, torch.Tensor] = {}
@@ -81,13 +81,17 @@ class HiZOO(Estimator):
     @torch.no_grad()
     def _pass(self, plan: Plan, alpha: float, update=None) -> None:
         """θ_b += α·s_b·z/√H_b; with update=(g, c, lr, decay) also H ← (1−a)H + a·(c/s²)·H·z² and the θ step."""
+        with _one_thread():  # small per-chunk ops, like the reference kernels'
+            self._blocks(plan, alpha, update)
+
+    def _blocks(self, plan: Plan, alpha: float, update) -> None:
         for i, b in enumerate(plan.blocks.tolist()):
             block = self.space.blocks[b]
             s, w = plan.scale_of(i), plan.weight_of(i)
             flat, h_flat = block.tensor.data.view(-1), self.h[b].view(-1)
             wide, dz = _buffers(block.tensor.device)
             fp32 = block.tensor.dtype == torch.float32
-            for start, z in z_chunks(block.tensor, plan.seed, b):
+            for z, start in z_chunks(block.tensor, plan.seed, b):
                 n = z.numel()
                 view, h = flat[start : start + n], h_flat[start : start + n]
                 x = view if fp32 else wide[:n].copy_(view)

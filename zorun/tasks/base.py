@@ -20,8 +20,20 @@ from zorun.errors import ConfigError
 class Example:
     prompt: str
     candidates: List[str] = field(default_factory=list)
-    label: Optional[int] = None
-    answers: List[str] = field(default_factory=list)
+    label: Optional[int] = None  # the candidate training fits
+    answers: List[str] = field(default_factory=list)  # generation: references for F1/EM
+    gold: List[int] = field(default_factory=list)  # every correct candidate when several are (ReCoRD)
+    target: Optional[str] = None  # generation: the text LM loss fits (default: the first answer)
+
+    @property
+    def completion(self) -> str:
+        """The gold continuation of the prompt: what training fits and a demonstration shows."""
+        if self.candidates:
+            return self.candidates[self.label]
+        return self.target if self.target is not None else self.answers[0]
+
+    def is_correct(self, choice: int) -> bool:
+        return choice in self.gold if self.gold else choice == self.label
 
 
 @dataclass
@@ -35,6 +47,11 @@ class Task:
 
     def split(self, name: str) -> List[Example]:
         return {"train": self.train, "dev": self.dev, "test": self.test}[name]
+
+    @property
+    def metric(self) -> str:
+        """The dev metric that selects the best step."""
+        return "f1" if self.type == "generation" else "accuracy"
 
 
 def split_examples(examples: List[Example], cfg: DictConfig) -> Dict[str, List[Example]]:
@@ -61,11 +78,12 @@ def register_task(name: str):
 
 
 def build_task(cfg: DictConfig) -> Task:
-    from zorun.tasks import local, synthetic  # noqa: F401  (registration)
+    from zorun.tasks import local, protocol, synthetic  # noqa: F401  (registration)
+    from zorun.tasks.icl import with_demonstrations
 
     if cfg.name not in _BUILDERS:
         raise ConfigError(f"task.name={cfg.name} is not implemented; available: {', '.join(sorted(_BUILDERS))}")
     task = _BUILDERS[cfg.name](cfg)
     if not task.train and cfg.num_train > 0:
         raise ConfigError(f"task={cfg.name} has no training examples left after the dev/test split; lower task.num_dev/num_test")
-    return task
+    return with_demonstrations(task, cfg.icl_demos) if cfg.icl_demos else task

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from typing import Sequence, Tuple
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -29,3 +30,8 @@ def squad_f1(pred: str, gold: str) -> float:
         return 0.0
     precision, recall = same / len(p), same / len(g)
     return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(pred: str, answers: Sequence[str]) -> Tuple[float, float]:
+    """(F1, EM) of a prediction against several gold answers: the best match counts, as in SQuAD and MeZO."""
+    return max(squad_f1(pred, a) for a in answers), max(squad_em(pred, a) for a in answers)

@@ -2,12 +2,21 @@
 
 A candidate's score is the mean log-likelihood of its tokens after the
 prompt. Training loss is cross-entropy over the candidates' scores
-(train_as_classification) or the LM loss of the gold answer's tokens only.
-Prompts are truncated from the left to fit model.max_length.
+(train_as_classification) or the LM loss of the gold continuation's tokens.
+
+A prompt too long for model.max_length loses tokens from the left (a leading
+BOS stays, as in MeZO), once per example: all its candidates are scored after
+the same context, however long each is.
+
+Evaluation runs in padded batches. Where the model's forward takes a cache,
+position ids and `logits_to_keep` (decoder-only transformers models do), each
+prompt runs once and its cache is shared by all its candidates; otherwise every
+(prompt + candidate) sequence runs in one flat batch. Both give the same scores.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -15,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from zorun.tasks.base import Example
-from zorun.tasks.metrics import squad_em, squad_f1
+from zorun.tasks.metrics import squad_scores
 
 
 @dataclass
@@ -37,23 +46,30 @@ class Encoded:
         return self
 
 
-def _prompt_ids(tok, prompt: str) -> List[int]:
-    return tok(prompt, add_special_tokens=True)["input_ids"]
+def fit_prompt(ids: List[int], budget: int, bos_id) -> List[int]:
+    """Keep the last `budget` tokens; a leading BOS stays in front (MeZO's truncation)."""
+    if len(ids) <= budget:
+        return ids
+    if bos_id is not None and budget >= 2 and ids[0] == bos_id:
+        return ids[:1] + ids[len(ids) - budget + 1:]
+    return ids[len(ids) - budget:]
+
+
+def tokenize(tok, ex: Example, max_length: int, gold_only: bool = False) -> Tuple[List[int], List[List[int]]]:
+    """Prompt ids (fitted) and the ids of each continuation scored: candidates, or the gold one."""
+    texts = [ex.completion] if gold_only or not ex.candidates else ex.candidates
+    answers = [tok(t, add_special_tokens=False)["input_ids"][: max_length - 1] for t in texts]
+    prompt = tok(ex.prompt, add_special_tokens=True)["input_ids"]
+    return fit_prompt(prompt, max_length - max(len(a) for a in answers), tok.bos_token_id), answers
 
 
 def encode(tok, examples: Sequence[Example], max_length: int, gold_only: bool = False) -> Encoded:
     seqs: List[Tuple[List[int], int]] = []
     owner, slot = [], []
     for i, ex in enumerate(examples):
-        prompt = _prompt_ids(tok, ex.prompt)
-        if not ex.candidates:
-            texts = ex.answers[:1]
-        else:
-            texts = [ex.candidates[ex.label]] if gold_only else ex.candidates
-        for j, cand in enumerate(texts):
-            ans = tok(cand, add_special_tokens=False)["input_ids"][: max_length - 1]
-            keep = max_length - len(ans)
-            seqs.append((prompt[-keep:] + ans, len(ans)))
+        prompt, answers = tokenize(tok, ex, max_length, gold_only)
+        for j, ans in enumerate(answers):
+            seqs.append((prompt + ans, len(ans)))
             owner.append(i)
             slot.append(j)
     width = max(len(s) for s, _ in seqs)
@@ -80,14 +96,77 @@ def token_logprobs(model, enc: Encoded) -> Tuple[torch.Tensor, torch.Tensor]:
     return lp, rows
 
 
+def _mean_per_row(lp: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    sums = torch.zeros(n, device=lp.device).index_add_(0, rows, lp)
+    counts = torch.zeros(n, device=lp.device).index_add_(0, rows, torch.ones_like(lp))
+    return sums / counts
+
+
 def candidate_scores(model, enc: Encoded) -> torch.Tensor:
     """[B, C] mean token log-likelihood per candidate; -inf where an example has fewer candidates."""
     lp, rows = token_logprobs(model, enc)
-    n = enc.input_ids.shape[0]
-    sums = torch.zeros(n, device=lp.device).index_add_(0, rows, lp)
-    counts = torch.zeros(n, device=lp.device).index_add_(0, rows, torch.ones_like(lp))
     scores = torch.full((enc.num_examples, enc.max_candidates), float("-inf"), device=lp.device)
-    scores[enc.owner, enc.slot] = sums / counts
+    scores[enc.owner, enc.slot] = _mean_per_row(lp, rows, enc.input_ids.shape[0])
+    return scores
+
+
+def shares_prompt(model) -> bool:
+    """Whether the forward can continue from a cache at given positions (decoder-only HF models).
+
+    A peft model passes those arguments through to its base model, except prompt
+    learning (prefix tuning), which fills the cache itself.
+    """
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None:
+        if peft_config.is_prompt_learning:
+            return False
+        model = model.get_base_model()
+    params = inspect.signature(model.forward).parameters
+    return all(p in params for p in ("past_key_values", "position_ids", "logits_to_keep"))
+
+
+def _left_pad(rows: List[List[int]], pad_id: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r):] = torch.tensor(r)
+        mask[b, width - len(r):] = 1
+    return ids, mask
+
+
+def shared_prompt_scores(model, tok, examples: Sequence[Example], max_length: int, device) -> torch.Tensor:
+    """[B, C] as :func:`candidate_scores`, running each prompt once and its candidates on its cache."""
+    items = [tokenize(tok, ex, max_length) for ex in examples]
+    ids, mask = _left_pad([p for p, _ in items], tok.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1].float().log_softmax(-1)  # [B, V]: predicts each candidate's first token
+    owner = torch.tensor([b for b, (_, answers) in enumerate(items) for _ in answers], device=device)
+    slot = torch.tensor([j for _, answers in items for j in range(len(answers))], device=device)
+    answers = [a for _, ans in items for a in ans]
+    width = max(len(a) for a in answers)
+    cand = torch.full((len(answers), width), tok.pad_token_id, dtype=torch.long)
+    cmask = torch.zeros((len(answers), width), dtype=torch.bool)
+    for r, a in enumerate(answers):
+        cand[r, : len(a)] = torch.tensor(a)
+        cmask[r, : len(a)] = True
+    cand, cmask = cand.to(device), cmask.to(device)
+    cache = out.past_key_values
+    cache.reorder_cache(owner)  # one copy of its prompt's cache per candidate
+    # each candidate continues its prompt; padding gets position 0 (in range for learned position tables)
+    positions = torch.where(cmask, mask.sum(1)[owner, None] + torch.arange(width, device=device), 0)
+    logits = model(input_ids=cand, attention_mask=torch.cat([mask[owner], cmask.long()], 1),
+                   position_ids=positions, past_key_values=cache).logits
+    lp_first = first[owner].gather(1, cand[:, :1]).squeeze(1)
+    later = cmask[:, 1:]  # position t predicts token t + 1
+    lp_later = logits[:, :-1][later].float().log_softmax(-1).gather(1, cand[:, 1:][later][:, None]).squeeze(1)
+    rows = torch.arange(len(answers), device=device)
+    lp = torch.cat([lp_first, lp_later])
+    row_of = torch.cat([rows, rows[:, None].expand_as(later)[later]])
+    scores = torch.full((len(items), int(slot.max()) + 1), float("-inf"), device=device)
+    scores[owner, slot] = _mean_per_row(lp, row_of, len(answers))
     return scores
 
 
@@ -103,13 +182,18 @@ def lm_loss(model, enc: Encoded) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_classification(model, tok, examples: List[Example], max_length: int, batch_size: int,
                             device) -> Dict[str, float]:
+    """Accuracy (argmax among the correct candidates) and the cross-entropy of the trained-on label."""
+    shared = shares_prompt(model)
     correct, nll = 0, 0.0
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
-        enc = encode(tok, batch, max_length).to(device)
-        scores = candidate_scores(model, enc)
-        correct += int((scores.argmax(dim=1) == enc.labels).sum())
-        nll += float(F.cross_entropy(scores, enc.labels, reduction="sum"))
+        if shared:
+            scores = shared_prompt_scores(model, tok, batch, max_length, device)
+        else:
+            scores = candidate_scores(model, encode(tok, batch, max_length).to(device))
+        labels = torch.tensor([ex.label for ex in batch], device=scores.device)
+        correct += sum(ex.is_correct(int(c)) for ex, c in zip(batch, scores.argmax(dim=1)))
+        nll += float(F.cross_entropy(scores, labels, reduction="sum"))
     n = max(len(examples), 1)
     return {"accuracy": correct / n, "loss": nll / n}
 
@@ -117,16 +201,12 @@ def evaluate_classification(model, tok, examples: List[Example], max_length: int
 @torch.no_grad()
 def greedy_generate(model, tok, prompts: List[str], max_length: int, max_new_tokens: int, device) -> List[str]:
     """Greedy decoding, stopping at a newline; left padding so every row continues its prompt."""
-    side = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        enc = tok(prompts, return_tensors="pt", padding=True, truncation=True,
-                  max_length=max_length - max_new_tokens).to(device)
-    finally:
-        tok.padding_side = side
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tok.pad_token_id, stop_strings=["\n"], tokenizer=tok)
-    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    budget = max(max_length - max_new_tokens, 1)
+    rows = [fit_prompt(tok(p, add_special_tokens=True)["input_ids"], budget, tok.bos_token_id) for p in prompts]
+    ids, mask = _left_pad(rows, tok.pad_token_id)
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tok.pad_token_id, stop_strings=["\n"], tokenizer=tok)
+    texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
     return [t.split("\n")[0].strip() for t in texts]
 
 
@@ -137,7 +217,7 @@ def evaluate_generation(model, tok, examples: List[Example], max_length: int, ba
         batch = examples[start : start + batch_size]
         preds = greedy_generate(model, tok, [ex.prompt for ex in batch], max_length, max_new_tokens, device)
         for pred, ex in zip(preds, batch):
-            f1 += max(squad_f1(pred, a) for a in ex.answers)
-            em += max(squad_em(pred, a) for a in ex.answers)
+            f1_ex, em_ex = squad_scores(pred, ex.answers)
+            f1, em = f1 + f1_ex, em + em_ex
     n = max(len(examples), 1)
     return {"f1": f1 / n, "em": em / n}

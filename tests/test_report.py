@@ -1,0 +1,138 @@
+"""zorun-report on a constructed sweep directory: dev selection, mean ± std, best marks, failures, files, plots."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import statistics
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from zorun.cli import CONF_DIR
+from zorun.report import build_report, main
+
+# (sampler, lr, seed) -> (dev accuracy, test accuracy). For mezo, lr 1e-3 wins on dev
+# although lr 1e-4 is better on test: the report must select on dev.
+RESULTS = {
+    ("uniform", 1e-3, 0): (0.80, 0.70), ("uniform", 1e-3, 1): (0.78, 0.74),
+    ("uniform", 1e-4, 0): (0.60, 0.90), ("uniform", 1e-4, 1): (0.62, 0.92),
+    ("adalezo", 1e-3, 0): (0.70, 0.76), ("adalezo", 1e-3, 1): (0.72, 0.80),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def base_config():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config")
+
+
+def make_job(root: Path, name: str, overrides, summary=None, sampler="uniform", metrics=(), extra=None):
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    cfg = base_config().copy()
+    for override in overrides:
+        key, value = override.lstrip("+").split("=")
+        if key not in ("sampler", "sweep"):
+            OmegaConf.update(cfg, key, yaml.safe_load(value))
+    cfg.sampler.name = sampler  # the report reads names only; adalezo's config lands on another branch
+    OmegaConf.save(cfg, job / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides)), job / ".hydra" / "overrides.yaml")
+    if summary is not None:
+        (job / "summary.json").write_text(json.dumps(summary))
+    (job / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    for file, text in (extra or {}).items():
+        (job / file).write_text(text)
+    return job
+
+
+def summary_for(dev, test, seed, sampler, status="completed", error=None):
+    out = {"status": status, "model": "tiny", "task": "synthetic", "estimator": "mezo", "sampler": sampler,
+           "seed": seed, "steps": 10, "dev": {"accuracy": dev, "loss": 0.5}, "test": {"accuracy": test},
+           "time_s": {"setup": 1.0, "forward": 4.0 if sampler == "uniform" else 3.0, "perturb": 2.0,
+                      "update": 1.0, "sampler": 0.1, "eval": 1.5, "other": 0.2}}
+    if error:
+        out["error"] = error
+    return out
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "sweep"
+    for (sampler, lr, seed), (dev, test) in RESULTS.items():
+        curve = [{"step": s, "loss": 0.7 - 0.01 * s * (1 + seed), "wall_s": 0.5 * s, "lr": lr} for s in range(1, 11)]
+        make_job(root, f"estimator.lr={lr},sampler={sampler},seed={seed}",
+                 [f"estimator.lr={lr}", f"sampler={sampler}", f"seed={seed}", "+sweep=smoke"],
+                 summary_for(dev, test, seed, sampler), sampler=sampler, metrics=curve,
+                 extra={"adalezo.jsonl": '{"step": 1, "p": [0.5, 0.5]}\n'} if sampler == "adalezo" else None)
+    make_job(root, "estimator.lr=10.0,seed=0", ["estimator.lr=10.0", "seed=0"],
+             summary_for(0.5, 0.5, 0, "uniform", status="diverged", error="non-finite loss at step 3; lower lr"))
+    make_job(root, "estimator.lr=5.0,seed=0", ["estimator.lr=5.0", "seed=0"])  # killed: no summary.json
+    make_job(root, "budget.steps=0,seed=0", ["budget.steps=0", "seed=0"], summary_for(0.55, 0.52, 0, "uniform"))
+    return root
+
+
+def test_cells_are_dev_selected_test_mean_and_std_with_best_marked(sweep):
+    report = build_report(sweep)
+    assert report.metric == "accuracy"
+    assert report.methods == ["zero-shot", "mezo", "mezo+adalezo"]
+    row = report.cells[("tiny", "synthetic")]
+    assert row["mezo"].mean == pytest.approx(statistics.fmean([0.70, 0.74]))  # lr 1e-3: better dev, worse test
+    assert row["mezo"].std == pytest.approx(statistics.stdev([0.70, 0.74]))
+    assert row["mezo"].label == "estimator.lr=0.001 sampler=uniform"
+    assert row["mezo+adalezo"].mean == pytest.approx(0.78) and row["mezo+adalezo"].best
+    assert row["zero-shot"].n == 1 and row["zero-shot"].std == 0.0
+    assert not row["mezo"].best and not row["zero-shot"].best
+    assert {job.dir.name: job.status for job in report.failed} == {
+        "estimator.lr=10.0,seed=0": "diverged", "estimator.lr=5.0,seed=0": "no summary.json"}
+
+
+def test_cli_prints_the_table_and_writes_files_plots_and_failures(sweep, monkeypatch, capsys):
+    drawn = []
+
+    def plot_layer_probabilities(jsonl_path, png_path):  # the adalezo branch's plotting function
+        drawn.append(Path(jsonl_path))
+        Path(png_path).write_bytes(b"png")
+
+    module = types.ModuleType("zorun.samplers.adalezo_plot")
+    module.plot_layer_probabilities = plot_layer_probabilities
+    monkeypatch.setitem(sys.modules, "zorun.samplers.adalezo_plot", module)
+
+    import matplotlib.image
+
+    monkeypatch.setenv("COLUMNS", "160")
+    main([str(sweep)])  # zorun-report SWEEP_DIR
+    printed = capsys.readouterr().out
+    assert "78.0 ± 2.8 *" in printed and "diverged" in printed
+    out = sweep / "report"
+    md = (out / "report.md").read_text()
+    assert "| model | task | zero-shot | mezo | mezo+adalezo |" in md
+    assert "| tiny | synthetic | 52.0 ± 0.0 | 72.0 ± 2.8 | 78.0 ± 2.8 **\\*** |" in md
+    assert "- `estimator.lr=10.0,seed=0`: diverged: non-finite loss at step 3; lower lr" in md
+    assert "- `estimator.lr=5.0,seed=0`: no summary.json: the job was killed or is still running" in md, md
+    rows = {r["method"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert float(rows["mezo+adalezo"]["test_accuracy_mean"]) == pytest.approx(0.78)
+    assert rows["mezo+adalezo"]["best"] == "True" and rows["mezo"]["seeds"] == "2"
+    jobs = list(csv.DictReader((out / "jobs.csv").open()))
+    assert len(jobs) == 9 and sum(j["status"] == "completed" for j in jobs) == 7
+    for name in ("loss_tiny_synthetic.png", "time_breakdown.png"):
+        image = matplotlib.image.imread(out / name)
+        assert image.shape[0] > 200 and image[..., :3].std() > 0.05, name
+    assert sorted(p.parent.name for p in drawn) == ["estimator.lr=0.001,sampler=adalezo,seed=0",
+                                                    "estimator.lr=0.001,sampler=adalezo,seed=1"]
+    assert len(list(out.glob("adalezo_*.png"))) == 2
+
+
+@pytest.mark.parametrize("make", [lambda p: p / "nope", lambda p: p], ids=["missing", "empty"])
+def test_bad_directory_is_one_line_and_exit_2(tmp_path, capsys, make):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(make(tmp_path))])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zorun-report: error:") and err.count("\n") == 1

@@ -1,0 +1,233 @@
+"""Sweep files compose and match their headers; job directories; the smoke grid end to end with resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf, open_dict
+
+from zorun.cli import CONF_DIR, job_overrides, one_line, preflight
+from zorun.multirun import safe_dirname, sweeps_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(sweeps_dir().glob("*.yaml"))
+PENDING = sorted((sweeps_dir() / "pending").glob("*.yaml"))
+
+
+def header(path: Path, field: str) -> str:
+    match = re.search(rf"^# {field}: (.*)$", path.read_text(), re.MULTILINE)
+    assert match, f"{path.name} has no '# {field}:' header line"
+    return match.group(1)
+
+
+def header_jobs(path: Path) -> int:
+    return int(re.match(r"\d+", header(path, "Jobs")).group())
+
+
+@pytest.mark.parametrize("path", SHIPPED + PENDING, ids=lambda p: p.stem)
+def test_every_sweep_file_has_its_header(path):
+    text = path.read_text()
+    assert text.startswith("# @package _global_\n")
+    assert header(path, "Launch").startswith(f"zorun -m +sweep={path.stem}")
+    header(path, "Source")
+    header_jobs(path)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_sweep_composes_every_job_and_counts_them(path):
+    assert preflight([f"+sweep={path.stem}"], multirun=True) == header_jobs(path)
+
+
+@pytest.mark.parametrize("path", PENDING, ids=lambda p: p.stem)
+def test_pending_sweep_counts_and_fails_only_on_its_pending_parts(path):
+    """Grids whose parts other branches are building: the count holds, and composition
+    fails only on a declared pending part (move the file to sweeps/ once it composes)."""
+    params = OmegaConf.load(path).hydra.sweeper.params
+    parser = OverridesParser.create()
+    batches = BasicSweeper.split_arguments(parser.parse_overrides([f"{k}={v}" for k, v in params.items()]), None)
+    jobs = [job for batch in batches for job in batch]
+    assert len(jobs) == header_jobs(path)
+    tokens = [part.split()[0] for part in header(path, "Pending").split(";")]
+    tokens = [t.split("=", 1)[1] if "=" in t else t for t in tokens]
+    ConfigStore.instance().store(group="sweep", name=f"pending-{path.stem}", node=OmegaConf.load(path),
+                                 package="_global_")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        try:
+            compose("config", overrides=[f"+sweep=pending-{path.stem}", *jobs[0]])
+        except Exception as err:  # noqa: BLE001 - any composition error; its message is checked
+            message = one_line(err)
+            assert any(t in message for t in tokens), f"{path.name} fails on an undeclared part: {message}"
+        else:
+            pytest.fail(f"{path.name} now composes: move it to sweeps/ (and extend tests)")
+
+
+def test_unknown_sweep_is_one_line_listing_the_sweeps():
+    result = subprocess.run([sys.executable, "-m", "zorun", "-m", "+sweep=nope"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "zorun: error: unknown sweep 'nope': choose +sweep=<one of: smoke>"
+
+
+def test_adhoc_grid_with_sweeper_params_and_sweep_file_expand_alike():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        jobs = job_overrides(["+sweep=smoke", "seed=5,6,7"], True,
+                             lambda o, return_hydra_config=False: compose("config", overrides=list(o),
+                                                                          return_hydra_config=return_hydra_config))
+    assert len(jobs) == 3  # the command line wins over the file's seed list, as in Hydra
+
+
+def test_submitit_launcher_composes():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["+sweep=smoke", "hydra/launcher=submitit_slurm",
+                                           "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert cfg.hydra.launcher.partition == "gpu"
+    assert cfg.hydra.sweep.dir == "outputs/multirun/smoke"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("estimator.lr=1e-06,seed=0,task=sst2", "estimator.lr=1e-06,seed=0,task=sst2"),
+    ("model.path=/ckpt/opt 13b,seed=0", "model.path=_ckpt_opt_13b,seed=0"),
+    ("", "default"),
+])
+def test_job_dirnames_are_readable_and_path_safe(text, expected):
+    assert safe_dirname(text) == expected
+
+
+def test_long_job_dirnames_are_bounded_and_distinct():
+    a, b = safe_dirname("x=" + "a" * 300), safe_dirname("x=" + "a" * 299 + "b")
+    assert len(a.encode()) <= 200 and len(b.encode()) <= 200 and a != b
+
+
+# ----------------------------------------------------------------- end to end
+def wandb_run_records(path: Path):
+    """The RunRecord of an offline W&B run, read from its .wandb file (LevelDB log format,
+    32 KiB blocks, 7-byte record headers) with W&B's own protobuf classes."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, buf = path.read_bytes(), 7, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4: pos + 7])
+        buf += data[pos + 7: pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(buf)
+            buf = b""
+            if record.WhichOneof("record_type") == "run":
+                yield record.run
+
+
+def run_zorun(args, tmp_path):
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb-home"),
+               WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"), WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"))
+    return subprocess.run([sys.executable, "-m", "zorun", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_smoke_grid_end_to_end_with_wandb_offline_report_and_resume(tmp_path):
+    import matplotlib.image
+
+    sweep = tmp_path / "smoke"
+    args = ["-m", "+sweep=smoke", f"hydra.sweep.dir={sweep}", "budget.steps=4", "logger.progress=false"]
+    first = run_zorun(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    job_dirs = sorted(p.parent for p in sweep.glob("*/summary.json"))
+    assert [d.name for d in job_dirs] == ["budget.steps=4,estimator=mezo,sampler=uniform,seed=0",
+                                          "budget.steps=4,estimator=mezo,sampler=uniform,seed=1"]
+    summaries = [json.loads((d / "summary.json").read_text()) for d in job_dirs]
+    assert all(s["status"] == "completed" and s["steps"] == 4 for s in summaries)
+
+    groups = set()
+    for job in job_dirs:
+        runs = list(job.glob("wandb/offline-run-*/run-*.wandb"))
+        assert len(runs) == 1, f"one offline W&B run per job in {job}"
+        (run,) = list(wandb_run_records(runs[0]))
+        assert run.job_type == "mezo" and run.project == "zorun"
+        assert set(run.tags) >= {"tiny", "synthetic", "mezo", "uniform"}
+        groups.add(run.run_group)
+    assert len(groups) == 1 and groups.pop().startswith("smoke-"), "one W&B group per launch"
+
+    report = sweep / "report"
+    rows = list(__import__("csv").DictReader((report / "results.csv").open()))
+    tests = [s["test"]["accuracy"] for s in summaries]
+    assert len(rows) == 1 and rows[0]["method"] == "mezo" and rows[0]["seeds"] == "2"
+    assert float(rows[0]["test_accuracy_mean"]) == pytest.approx(sum(tests) / 2)
+    assert float(rows[0]["test_accuracy_std"]) == pytest.approx(abs(tests[0] - tests[1]) / 2 ** 0.5)
+    assert "| tiny | synthetic |" in (report / "report.md").read_text()
+    for name in ("loss_tiny_synthetic.png", "time_breakdown.png"):
+        image = matplotlib.image.imread(report / name)
+        assert image.shape[0] > 200 and image.shape[1] > 300 and image[..., :3].std() > 0.05, name
+    assert list(report.glob("wandb/offline-run-*/run-*.wandb")), "the grid table's W&B run"
+
+    mtimes = [(d / "summary.json").stat().st_mtime_ns for d in job_dirs]
+    second = run_zorun(args, tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert (second.stdout + second.stderr).count("skipped: completed with the same config") == 2
+    assert [(d / "summary.json").stat().st_mtime_ns for d in job_dirs] == mtimes
+    assert len(list(job_dirs[0].glob("wandb/offline-run-*"))) == 1, "a skipped job starts no W&B run"
+
+
+def _job_config(sweep_dir: Path, job: str, overrides):
+    """A composed multirun job config with Hydra's runtime fields set, as a launcher would."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra.sweep.dir={sweep_dir}", *overrides], return_hydra_config=True)
+    cfg.hydra.mode = RunMode.MULTIRUN
+    cfg.hydra.runtime.output_dir = str(sweep_dir / job)
+    HydraConfig.instance().set_config(cfg)
+    task_cfg = cfg.copy()
+    with open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
+
+
+@pytest.fixture
+def hydra_job():
+    """HydraConfig is process-global: leave it as found."""
+    from hydra.core.hydra_config import HydraConfig
+
+    yield _job_config
+    HydraConfig.instance().cfg = None
+
+
+def test_resume_is_keyed_on_the_config_hash_and_force_reruns(tmp_path, hydra_job):
+    from zorun.multirun import config_hash, skip_if_completed
+
+    done = hydra_job(tmp_path, "old-name", ["seed=3"])
+    (tmp_path / "old-name").mkdir()
+    (tmp_path / "old-name" / "summary.json").write_text(
+        json.dumps({"status": "completed", "config_hash": config_hash(done), "test": {"accuracy": 0.9}}))
+
+    same = hydra_job(tmp_path, "new-name", ["seed=3", "logger.mode=disabled"])  # logging is not identity
+    assert skip_if_completed(same)["test"] == {"accuracy": 0.9}
+    assert json.loads((tmp_path / "new-name" / "skipped.json").read_text())["summary"].endswith("old-name/summary.json")
+    assert skip_if_completed(hydra_job(tmp_path, "other", ["seed=4"])) is None
+
+    (tmp_path / "old-name" / "metrics.jsonl").write_text('{"step": 1}\n')
+    forced = hydra_job(tmp_path, "old-name", ["seed=3", "force=true"])
+    assert skip_if_completed(forced) is None
+    assert not (tmp_path / "old-name" / "metrics.jsonl").exists(), "a re-run starts a fresh metrics.jsonl"
+
+    failed = tmp_path / "old-name" / "summary.json"
+    failed.write_text(json.dumps({"status": "failed", "config_hash": config_hash(done)}))
+    assert skip_if_completed(hydra_job(tmp_path, "old-name", ["seed=3"])) is None

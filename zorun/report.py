@@ -1,0 +1,363 @@
+"""zorun-report: a sweep directory as the table a paper would print, plus plots.
+
+Reads only what every job writes (``.hydra/``, ``summary.json``,
+``metrics.jsonl``), so it works the same after a local or a SLURM multirun.
+Rows are model x task, columns the methods (see
+:func:`zorun.multirun.method_label`). Within a cell, the jobs that differ only
+by seed form one hyperparameter setting; the setting with the best mean dev
+metric is selected (dev only, never test) and its test metric is shown as
+mean ± std over seeds. Failed jobs are listed with their error line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from zorun.multirun import config_hash, method_label
+
+PRIMARY_METRICS = ("accuracy", "f1", "em")  # the first one a task reports is the table's metric
+HIDDEN_OVERRIDES = ("seed", "+sweep", "sweep", "force")
+REPORT_DIR = "report"
+
+
+@dataclass
+class Job:
+    dir: Path
+    config: DictConfig
+    overrides: List[str]
+    summary: Optional[Dict[str, Any]]
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "unknown") if self.summary else "no summary.json"
+
+    @property
+    def error(self) -> str:
+        if self.summary is None:
+            return "the job was killed or is still running"
+        return str(self.summary.get("error") or "").splitlines()[0] if self.summary.get("error") else ""
+
+    @property
+    def method(self) -> str:
+        return method_label(OmegaConf.to_container(self.config, resolve=False))
+
+    @property
+    def key(self) -> Tuple[str, str]:
+        return str(self.config.model.name), str(self.config.task.name)
+
+    @property
+    def setting(self) -> str:
+        """Identity of the hyperparameter setting: the config without the seed."""
+        return config_hash(self.config, drop=("seed",))
+
+    @property
+    def label(self) -> str:
+        """The overrides that name this setting (seed and sweep excluded), for the CSV."""
+        keep = [o for o in self.overrides if o.split("=", 1)[0].lstrip("+~") not in HIDDEN_OVERRIDES]
+        return " ".join(o for o in keep if not o.startswith(("logger", "hydra")))
+
+
+def metric_of(results: Optional[Dict[str, Any]], metric: str) -> Optional[float]:
+    value = (results or {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+@dataclass
+class Cell:
+    mean: float
+    std: float
+    n: int
+    dev: Optional[float]
+    setting: str  # hash of the config without the seed
+    label: str  # the overrides naming that setting
+    best: bool = False
+
+    def text(self, digits: int = 1, scale: float = 100.0) -> str:
+        mark = " *" if self.best else ""
+        return f"{self.mean * scale:.{digits}f} ± {self.std * scale:.{digits}f}{mark}"
+
+
+@dataclass
+class Report:
+    root: Path
+    jobs: List[Job]
+    metric: str
+    cells: Dict[Tuple[str, str], Dict[str, Cell]] = field(default_factory=dict)
+    methods: List[str] = field(default_factory=list)
+    plots: List[Path] = field(default_factory=list)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.root / REPORT_DIR
+
+    @property
+    def failed(self) -> List[Job]:
+        return [job for job in self.jobs if job.status != "completed"]
+
+    # ------------------------------------------------------------ aggregation
+    def aggregate(self) -> None:
+        groups: Dict[Tuple[str, str], Dict[str, Dict[str, List[Job]]]] = defaultdict(lambda: defaultdict(dict))
+        for job in self.jobs:
+            if job.status == "completed" and metric_of(job.summary.get("test"), self.metric) is not None:
+                groups[job.key][job.method].setdefault(job.setting, []).append(job)
+        for key in sorted(groups):
+            row: Dict[str, Cell] = {}
+            for method, settings in groups[key].items():
+                row[method] = max((self._cell(jobs) for jobs in settings.values()), key=_dev_order)
+            best = max(cell.mean for cell in row.values())
+            for cell in row.values():
+                cell.best = cell.mean == best and len(row) > 1
+            self.cells[key] = row
+        found = {m for row in self.cells.values() for m in row}
+        first = [m for m in ("zero-shot", "icl") if m in found]
+        self.methods = first + sorted(found - set(first))
+
+    def _cell(self, jobs: List[Job]) -> Cell:
+        tests = [metric_of(j.summary.get("test"), self.metric) for j in jobs]
+        devs = [d for d in (metric_of(j.summary.get("dev"), self.metric) for j in jobs) if d is not None]
+        return Cell(mean=statistics.fmean(tests), std=statistics.stdev(tests) if len(tests) > 1 else 0.0,
+                    n=len(tests), dev=statistics.fmean(devs) if devs else None, setting=jobs[0].setting,
+                    label=jobs[0].label)
+
+    # ---------------------------------------------------------------- outputs
+    def table_rows(self) -> Tuple[List[str], List[List[Any]]]:
+        columns = ["model", "task", "method", f"test_{self.metric}_mean", f"test_{self.metric}_std", "seeds",
+                   f"dev_{self.metric}_mean", "best", "selected_setting"]
+        rows = [[model, task, method, cell.mean, cell.std, cell.n, cell.dev, cell.best, cell.label]
+                for (model, task), row in self.cells.items() for method, cell in row.items()]
+        return columns, rows
+
+    def job_rows(self) -> Tuple[List[str], List[List[Any]]]:
+        columns = ["job", "model", "task", "method", "seed", "status", f"dev_{self.metric}",
+                   f"test_{self.metric}", "train_loss", "wall_s", "forward_passes", "error"]
+        rows = []
+        for job in self.jobs:
+            s = job.summary or {}
+            rows.append([job.dir.relative_to(self.root).as_posix(), *job.key, job.method, int(job.config.seed),
+                         job.status, metric_of(s.get("dev"), self.metric), metric_of(s.get("test"), self.metric),
+                         s.get("train_loss"), s.get("wall_s"), s.get("forward_passes"), job.error])
+        return columns, rows
+
+    def markdown(self) -> str:
+        lines = [f"# zorun report: {self.root}", "",
+                 f"test {self.metric} (%), mean ± std over seeds, hyperparameters selected on dev; "
+                 "* best in row", ""]
+        if self.cells:
+            lines.append("| model | task | " + " | ".join(self.methods) + " |")
+            lines.append("|---|---|" + "---|" * len(self.methods))
+            for (model, task), row in self.cells.items():
+                cells = [row[m].text().replace(" *", " **\\***") if m in row else "–" for m in self.methods]
+                lines.append(f"| {model} | {task} | " + " | ".join(cells) + " |")
+        else:
+            lines.append("No completed job reports a test metric.")
+        if self.failed:
+            lines += ["", f"## Failed jobs ({len(self.failed)})", ""]
+            lines += [f"- `{job.dir.name}`: {job.status}: {job.error}" for job in self.failed]
+        if self.plots:
+            lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in self.plots]
+        return "\n".join(lines) + "\n"
+
+    def write(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.plots = plot_all(self)
+        for name, (columns, rows) in (("results.csv", self.table_rows()), ("jobs.csv", self.job_rows())):
+            with (self.out_dir / name).open("w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(columns)
+                writer.writerows(rows)
+        (self.out_dir / "report.md").write_text(self.markdown(), encoding="utf-8")
+
+    def print(self) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        table = Table(title=f"test {self.metric} (%) · mean ± std over seeds · dev-selected · {self.root}")
+        table.add_column("model")
+        table.add_column("task")
+        for method in self.methods:
+            table.add_column(method, justify="right")
+        for (model, task), row in self.cells.items():
+            cells = [(f"[bold green]{row[m].text()}[/]" if row[m].best else row[m].text()) if m in row else "–"
+                     for m in self.methods]
+            table.add_row(model, task, *cells)
+        console.print(table)
+        for job in self.failed:
+            console.print(f"[red]{job.status}[/] {job.dir.name}: {job.error}")
+        console.print(f"report: {self.out_dir}/report.md, results.csv, jobs.csv, {len(self.plots)} plots")
+
+
+def _dev_order(cell: Cell) -> float:
+    return cell.dev if cell.dev is not None else -math.inf
+
+
+# ------------------------------------------------------------------- loading
+def find_jobs(root: Path) -> List[Job]:
+    """Every job directory under root (it has .hydra/config.yaml); skipped duplicates left out."""
+    jobs = []
+    for cfg_path in sorted(root.rglob(".hydra/config.yaml")):
+        job_dir = cfg_path.parent.parent
+        if (job_dir / "skipped.json").exists() or REPORT_DIR in job_dir.relative_to(root).parts:
+            continue
+        overrides_path = cfg_path.with_name("overrides.yaml")
+        overrides = [str(o) for o in OmegaConf.load(overrides_path)] if overrides_path.exists() else []
+        summary_path = job_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        jobs.append(Job(job_dir, OmegaConf.load(cfg_path), overrides, summary))
+    return jobs
+
+
+def primary_metric(jobs: Sequence[Job]) -> str:
+    for job in jobs:
+        for metric in PRIMARY_METRICS:
+            if metric_of((job.summary or {}).get("test"), metric) is not None:
+                return metric
+    return PRIMARY_METRICS[0]
+
+
+def build_report(root: Path, metric: Optional[str] = None) -> Report:
+    root = Path(root)
+    jobs = find_jobs(root)
+    report = Report(root, jobs, metric or primary_metric(jobs))
+    report.aggregate()
+    return report
+
+
+def read_metrics(job_dir: Path) -> List[Dict[str, Any]]:
+    path = job_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+            if r.get("loss") is not None]
+
+
+# --------------------------------------------------------------------- plots
+def plot_all(report: Report) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plots = [plot_losses(report, key) for key in report.cells]
+    plots.append(plot_time_breakdown(report))
+    plots += plot_adalezo(report)
+    return [p for p in plots if p is not None]
+
+
+def _selected_jobs(report: Report, key: Tuple[str, str], method: str) -> List[Job]:
+    cell = report.cells[key][method]
+    return [j for j in report.jobs if j.key == key and j.method == method and j.status == "completed"
+            and j.setting == cell.setting]
+
+
+def plot_losses(report: Report, key: Tuple[str, str]) -> Optional[Path]:
+    """Train loss against step and against wall-clock, one line per method (mean over seeds)."""
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4))
+    drawn = False
+    for method in report.methods:
+        if method not in report.cells[key]:
+            continue
+        runs = [read_metrics(j.dir) for j in _selected_jobs(report, key, method)]
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        n = min(len(r) for r in runs)
+        steps = [runs[0][i]["step"] for i in range(n)]
+        loss = [statistics.fmean(r[i]["loss"] for r in runs) for i in range(n)]
+        wall = [statistics.fmean(r[i]["wall_s"] for r in runs) for i in range(n)]
+        by_step.plot(steps, loss, label=f"{method} (n={len(runs)})")
+        by_time.plot(wall, loss, label=method)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    for ax, xlabel in ((by_step, "step"), (by_time, "wall-clock (s)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("train loss")
+        ax.grid(alpha=0.3)
+    by_step.legend()
+    fig.suptitle(f"{key[0]} · {key[1]}: train loss (dev-selected setting, mean over seeds)")
+    fig.tight_layout()
+    path = report.out_dir / f"loss_{key[0]}_{key[1]}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_time_breakdown(report: Report) -> Optional[Path]:
+    """Mean seconds per job in each timing phase, stacked, one bar per method."""
+    import matplotlib.pyplot as plt
+
+    from zorun.timing import PHASES
+
+    by_method: Dict[str, List[Dict[str, float]]] = defaultdict(list)
+    for job in report.jobs:
+        if job.summary and job.summary.get("time_s"):
+            by_method[job.method].append(job.summary["time_s"])
+    if not by_method:
+        return None
+    methods = sorted(by_method)
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(methods) + 3), 4))
+    bottom = [0.0] * len(methods)
+    for phase in PHASES:
+        heights = [statistics.fmean(t.get(phase, 0.0) for t in by_method[m]) for m in methods]
+        ax.bar(methods, heights, bottom=bottom, label=phase)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_ylabel("seconds per job (mean)")
+    ax.set_title("time breakdown per method")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    path = report.out_dir / "time_breakdown.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_adalezo(report: Report) -> List[Path]:
+    """AdaLeZO's layer-probability heat map for every job that logged adalezo.jsonl."""
+    logs = [job.dir / "adalezo.jsonl" for job in report.jobs if (job.dir / "adalezo.jsonl").exists()]
+    if not logs:
+        return []
+    try:
+        from zorun.samplers.adalezo_plot import plot_layer_probabilities
+    except ImportError:
+        return []
+    paths = []
+    for log_path in logs:
+        path = report.out_dir / f"adalezo_{log_path.parent.relative_to(report.root).as_posix().replace('/', '_')}.png"
+        plot_layer_probabilities(log_path, path)
+        paths.append(path)
+    return paths
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="zorun-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (hydra.sweep.dir)")
+    parser.add_argument("--metric", help="test/dev metric of the table (default: accuracy, else f1, else em)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"zorun-report: error: {args.sweep_dir} is not a directory; pass a multirun directory "
+              "such as outputs/multirun/smoke", file=sys.stderr)
+        sys.exit(2)
+    report = build_report(args.sweep_dir, args.metric)
+    if not report.jobs:
+        print(f"zorun-report: error: no job directories (with .hydra/config.yaml) under {args.sweep_dir}",
+              file=sys.stderr)
+        sys.exit(2)
+    report.write()
+    report.print()
+
+
+if __name__ == "__main__":
+    main()

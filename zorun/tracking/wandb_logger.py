@@ -1,0 +1,181 @@
+"""Weights & Biases for zorun runs: organised by sweep, never interactive, never fatal.
+
+The local files (metrics.jsonl, summary.json) are the record; W&B is a view on
+them. So every W&B call is guarded: if W&B cannot start online (no network,
+bad key) the run logs offline instead, and if it cannot log at all the run goes
+on without it. Either way the user gets one warning, not a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import netrc
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def has_credentials() -> bool:
+    """An API key in the environment or in ~/.netrc (what `wandb login` writes), checked without prompting."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """logger.mode=auto defers to WANDB_MODE, then to whether credentials exist; explicit modes win."""
+    mode = str(getattr(mode, "value", mode))
+    if mode != "auto":
+        return mode
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env in ("online", "offline", "disabled"):
+        return env
+    if env == "dryrun":
+        return "offline"
+    return "online" if has_credentials() else "offline"
+
+
+def _flatten(record: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """{'dev': {'accuracy': .8}} -> {'dev/accuracy': .8}; non-finite floats dropped (W&B charts reject them)."""
+    out: Dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}/"))
+        elif isinstance(value, float) and not math.isfinite(value):
+            continue
+        elif value is not None:
+            out[name] = value
+    return out
+
+
+class WandbLogger:
+    """One W&B run, or nothing (``self.run is None``): every method is safe to call either way."""
+
+    def __init__(self, run: Any = None):
+        self.run = run
+        self._warned = False
+
+    @classmethod
+    def start(cls, logger_cfg: DictConfig, out_dir: Path, *, config: Dict[str, Any], group: Optional[str],
+              job_type: str, tags: List[str], name: str) -> "WandbLogger":
+        mode = resolve_mode(logger_cfg.mode)
+        if mode == "disabled":
+            return cls()
+        directory = Path(logger_cfg.dir) if logger_cfg.dir else Path(out_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        kwargs = dict(project=logger_cfg.project, entity=logger_cfg.entity, group=group, job_type=job_type,
+                      tags=tags, name=name, config=config, dir=str(directory))
+        attempts, reason = [mode], None
+        if mode == "online" and not has_credentials():
+            attempts = ["offline"]
+            reason = "logger.mode=online but no W&B API key is configured (WANDB_API_KEY or `wandb login`)"
+        elif mode == "online":
+            attempts.append("offline")
+        for attempt in attempts:
+            try:
+                run = cls._init(kwargs, attempt, logger_cfg.init_timeout_s)
+            except Exception as err:
+                reason = f"W&B could not start {attempt} ({type(err).__name__}: {_first_line(err)})"
+                continue
+            if attempt != mode or reason:
+                log.warning("%s; logging offline to %s instead (sync later with `wandb sync`)", reason, directory)
+            return cls(run)
+        log.warning("%s; continuing without W&B, the local files are complete", reason)
+        return cls()
+
+    @staticmethod
+    def _init(kwargs: Dict[str, Any], mode: str, timeout_s: float) -> Any:
+        import wandb
+
+        settings = wandb.Settings(mode=mode, init_timeout=timeout_s, login_timeout=timeout_s, silent=True,
+                                  console="off")
+        run = wandb.init(settings=settings, **kwargs)
+        run.define_metric("step")
+        run.define_metric("*", step_metric="step")  # every chart against the training step
+        return run
+
+    def _guard(self, what: str, fn) -> None:
+        if self.run is None:
+            return
+        try:
+            fn()
+        except Exception as err:
+            if not self._warned:
+                log.warning("W&B %s failed (%s: %s); the run goes on, local files are complete",
+                            what, type(err).__name__, _first_line(err))
+                self._warned = True
+
+    def log(self, record: Dict[str, Any]) -> None:
+        """One metrics.jsonl record; its `step` is the x axis."""
+        self._guard("log", lambda: self.run.log(_flatten(record)))
+
+    def summary(self, summary: Dict[str, Any]) -> None:
+        self._guard("summary", lambda: self.run.summary.update(_flatten(summary)))
+
+    def finish(self, exit_code: int) -> None:
+        run, self.run = self.run, None
+        if run is not None:
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as err:
+                log.warning("W&B finish failed (%s: %s)", type(err).__name__, _first_line(err))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def job_group(cfg: DictConfig) -> Optional[str]:
+    """logger.group, else '<sweep name>-<launch time>' inside a multirun, else None."""
+    if cfg.logger.group:
+        return str(cfg.logger.group)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    from zorun.multirun import sweep_name
+
+    return f"{sweep_name(HydraConfig.get())}-{cfg.logger.launched}"
+
+
+def start_run_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger:
+    """The W&B run of one zorun job (logger=wandb), or an inactive logger (logger=none)."""
+    if cfg.logger.name != "wandb":
+        return WandbLogger()
+    from zorun.multirun import config_hash, method_label
+
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    resolved["config_hash"] = config_hash(cfg)
+    tags = [cfg.model.name, cfg.task.name, cfg.estimator.name, cfg.sampler.name, *cfg.logger.tags]
+    name = f"{cfg.model.name}-{cfg.task.name}-{method_label(resolved)}-s{cfg.seed}"
+    return WandbLogger.start(cfg.logger, out_dir, config=resolved, group=job_group(cfg),
+                             job_type=method_label(resolved), tags=tags, name=name)
+
+
+def log_grid_table(config: DictConfig, sweep: str, report: Any) -> None:
+    """At the end of a multirun: every job of the grid as one wandb.Table, in the sweep's group."""
+    group = str(config.logger.group) if config.logger.group else f"{sweep}-{config.logger.launched}"
+    logger = WandbLogger.start(config.logger, report.out_dir, config={"sweep": sweep, "sweep_dir": str(report.root)},
+                               group=group, job_type="report", tags=[sweep], name=f"{sweep}-report")
+    if logger.run is None:
+        return
+    import wandb
+
+    columns, rows = report.job_rows()
+    logger._guard("table", lambda: logger.run.log({"grid": wandb.Table(columns=columns, data=rows)}))
+    columns, rows = report.table_rows()
+    logger._guard("table", lambda: logger.run.log({"results": wandb.Table(columns=columns, data=rows)}))
+    logger.finish(0)
