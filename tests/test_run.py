@@ -39,11 +39,12 @@ def test_multirun_gives_one_directory_per_job(cli, tmp_path):
     proc = cli("-m", "sampler=uniform", "estimator=mezo", "budget=smoke", "budget.steps=4",
                "task.num_dev=16", "task.num_test=16", "seed=0,1", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
-    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    jobs = sorted(p for p in tmp_path.iterdir() if (p / "summary.json").is_file())
     assert len(jobs) == 2
     seeds = sorted(read_summary(j)["seed"] for j in jobs)
     assert seeds == [0, 1]
     assert all("seed=" in j.name for j in jobs)  # named from the overrides
+    assert (tmp_path / "report" / "report.md").is_file()  # the report callback ran at the end
 
 
 def test_default_run_learns_the_synthetic_task(cli, tmp_path):
