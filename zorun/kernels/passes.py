@@ -14,7 +14,7 @@ then stores θ_b in its own dtype (round to nearest, or stochastically). The
 per-block numbers come from the Plan (scale s_b, weight w_b) and the call:
 a_b = restore·s_b, keep_b = 1 − decay for decayed blocks (else 1),
 c_b = coef·w_b·s_b, bc1_b = 1 − β1^t_b, bc2_b = 1 − β2^t_b.
-Both backends read these from one table, so they cannot disagree on the algebra.
+Both backends take these rows from :func:`coefficients`, so they cannot disagree on the algebra.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def _part(theta, s1, s2, offs, numel, z, u, a, keep, c, bc1, bc2, h0, h1, h2, h3
         mask = None
     x = tl.load(theta + offs, mask=mask).to(tl.float32)
     x = (x + a * z) * keep
-    if MODE == 0:  # plain
+    if MODE == 0:  # plain (passes.PLAIN; 1 = MOMENTUM, 2 = ADAM)
         x = x - c * z
     elif MODE == 1:  # momentum: h0 = μ, h1 = η
         buf = h0 * tl.load(s1 + offs, mask=mask) + c * z
