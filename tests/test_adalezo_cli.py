@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from zorun.cli import preflight
 from zorun.config import ConfigError
-from zorun.samplers.adalezo_plot import plot_layer_probabilities
-
-ROOT = Path(__file__).resolve().parents[1]
+from zorun.report import build_report
 
 
 def read_jsonl(path):
@@ -23,11 +19,11 @@ def read_jsonl(path):
 
 @pytest.mark.slow
 def test_multirun_uniform_and_adalezo_with_mezo(tmp_path):
-    cmd = [sys.executable, "-m", "zorun", "-m", "sampler=uniform,adalezo", "estimator=mezo", "budget=smoke",
-           "task.num_dev=32", "task.num_test=32", "logger.progress=false", f"hydra.sweep.dir={tmp_path}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_cli("-m", "sampler=uniform,adalezo", "estimator=mezo", "budget=smoke", "task.num_dev=32",
+                   "task.num_test=32", "logger.progress=false", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    jobs = {json.loads((d / "summary.json").read_text())["sampler"]: d for d in tmp_path.iterdir() if d.is_dir()}
+    jobs = {json.loads((d / "summary.json").read_text())["sampler"]: d for d in tmp_path.iterdir()
+            if (d / "summary.json").is_file()}
     assert set(jobs) == {"uniform", "adalezo"}
     for job in jobs.values():
         summary = json.loads((job / "summary.json").read_text())
@@ -42,8 +38,10 @@ def test_multirun_uniform_and_adalezo_with_mezo(tmp_path):
         assert math.isclose(r["weights"][0], min(1 / p, 10.0), rel_tol=1e-4)
     metrics = [m for m in read_jsonl(jobs["adalezo"] / "metrics.jsonl") if "loss" in m]
     assert all(m["active_layers"] == 1 and 0 < m["active_numel_frac"] < 1 for m in metrics)
-    png = plot_layer_probabilities(jobs["adalezo"] / "adalezo.jsonl", tmp_path / "adalezo.png")
-    assert png.stat().st_size > 0
+    report = build_report(tmp_path, None)  # what zorun-report does: one heat map, for the adalezo job
+    report.write()
+    heat_maps = [p for p in report.plots if p.name.startswith("adalezo_")]
+    assert len(heat_maps) == 1 and heat_maps[0].read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("override, message", [
