@@ -66,6 +66,7 @@ class Run:
         self.space = ParamSpace.from_model(self.model)
         log.info(kernels.select(cfg.kernels, self.space))
         self.sampler = build_sampler(cfg, self.space, cfg.seed)
+        self.sampler.open_log(self.out_dir)
         self.estimator = build_estimator(cfg, self.space)
         log.info("model %s: %d trainable tensors, %.2fM parameters on %s", cfg.model.name,
                  len(self.space), self.space.numel / 1e6, self.device)
@@ -218,6 +219,8 @@ class Run:
             write_json_atomic(self.out_dir / "summary.json", summary)
             if self.metrics is not None:
                 self.metrics.close()
+            if getattr(self, "sampler", None) is not None:
+                self.sampler.close()
             self.wandb.summary(summary)
             self.console.summary(summary, str(self.out_dir))
         finally:
