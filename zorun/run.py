@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zorun import kernels
 from zorun.errors import ZorunError
+from zorun.estimators.schedule import LRSchedule
 from zorun.memory import peak_bytes
 from zorun.multirun import config_hash
 from zorun.models import load_model, load_tokenizer
@@ -41,6 +42,7 @@ class Run:
         self.error: Optional[str] = None
         self.step = 0
         self.forward_passes = 0
+        self.backward_passes = 0  # first-order estimators only
         self.train_loss = float("nan")
         self.results: Dict[str, Any] = {"dev_initial": None, "dev": None, "test": None}
         self.best: Optional[Dict[str, Any]] = None  # the step with the best dev metric, and its test
@@ -83,11 +85,22 @@ class Run:
                 yield [train[i] for i in order[start : start + bs]]
             epoch += 1
 
-    def make_loss(self, batch: List[Example]):
-        """The loss oracle of one step: a no-grad forward on the (already encoded) batch."""
+    def make_loss(self, batch: List[Example], differentiable: bool = False):
+        """The loss oracle of one step: a no-grad forward on the (already encoded) batch, returning a float.
+
+        differentiable=True (first-order estimators): the forward keeps its
+        autograd graph and returns the loss tensor, for one backward pass.
+        """
         as_cls = self.task.type == "classification" and self.task.train_as_classification
         enc = encode(self.tokenizer, batch, self.cfg.model.max_length, gold_only=not as_cls).to(self.device)
         fn = classification_loss if as_cls else lm_loss
+
+        if differentiable:
+            def loss_with_grad() -> torch.Tensor:
+                with torch.enable_grad():
+                    return fn(self.model, enc)
+
+            return loss_with_grad
 
         @torch.no_grad()
         def loss() -> float:
@@ -121,7 +134,7 @@ class Run:
     # ------------------------------------------------------------------ train
     def train(self) -> None:
         cfg, budget = self.cfg, self.cfg.budget
-        lr = cfg.estimator.lr
+        schedule = LRSchedule.from_config(cfg.estimator, budget.steps)
         self.results["dev_initial"] = self.evaluate("dev")
         log.info("dev before training: %s", self.results["dev_initial"])
         batches = self.batches()
@@ -130,11 +143,13 @@ class Run:
         try:
             while self.step < budget.steps:
                 batch = next(batches)
-                loss_fn = self.make_loss(batch)
+                loss_fn = self.make_loss(batch, differentiable=self.estimator.differentiable)
+                lr = schedule(self.step)
                 with self.clock("sampler"):
                     plan = self.sampler.plan(self.step)
                 result = self.estimator.step(plan, loss_fn, lr, self.clock)
                 self.forward_passes += result.forward_passes
+                self.backward_passes += result.backward_passes
                 if not result.finite:
                     self.status = "diverged"
                     self.error = f"non-finite loss at step {self.step}; parameters restored; lower estimator.lr or eps"
@@ -197,6 +212,7 @@ class Run:
             "seed": self.cfg.seed,
             "steps": self.step,
             "forward_passes": self.forward_passes,
+            "backward_passes": self.backward_passes,
             "train_loss": self.train_loss,
             "dev_initial": self.results["dev_initial"],
             "dev": self.results["dev"],
