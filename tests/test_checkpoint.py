@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_llama
-from test_resume import compose_cfg, one_thread, run_here, toys  # noqa: F401  (fixtures: one torch thread; toys)
+from test_resume import compose_cfg, one_thread, run_here, toys  # noqa: F401  (fixtures: one thread; stateful)
 from zorun import cli as zcli
 from zorun import kernels
 from zorun.checkpoint import (PARAMS, STATE, Checkpoint, CheckpointError, Checkpoints, NonFiniteError, join_tensors,
@@ -253,7 +253,7 @@ def test_replay_rebuilds_the_trained_parameters_bit_for_bit(tmp_path, capsys, to
     assert run_replay(tmp_path / "mezo", 6, tmp_path / "six.safetensors", None, 0.0) == 0  # a prefix: step 6
 
     run_here(tmp_path / "toy", "budget.steps=12", "budget.checkpoint_every=12", *toys)
-    assert run_replay(tmp_path / "toy", None, None, None, 0.0) == 0  # subset plans with weights, stateful estimator
+    assert run_replay(tmp_path / "toy", None, None, None, 0.0) == 0  # adalezo's subsets with IPW weights
     trained = load_file(str(tmp_path / "toy" / "checkpoints" / "step-00000012" / PARAMS))
     replayed = load_file(str(tmp_path / "toy" / "replayed.safetensors"))
     assert all(torch.equal(trained[k], replayed[k]) for k in trained)

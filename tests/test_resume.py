@@ -26,9 +26,7 @@ from zorun import registry
 from zorun.checkpoint import PARAMS, Checkpoints
 from zorun.cli import CONF_DIR
 from zorun.estimators.mezo import MeZO
-from zorun.plan import Plan
 from zorun.run import Run
-from zorun.samplers.base import Sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["budget=smoke", "budget.batch_size=2", "budget.log_every=1", "task.num_train=32", "task.num_dev=8",
@@ -173,37 +171,16 @@ class ToyAdaGrad(MeZO):
         self.sum_sq, self.steps = state["sum_sq"].clone(), int(state["steps"])
 
 
-class ToySubset(Sampler):
-    """Test-only stateful sampler: a random half of the blocks from its own generator, weight 2 (unbiased)."""
-
-    name = "toy-subset"
-
-    def __init__(self, cfg, space, seed):
-        super().__init__(cfg, space, seed)
-        self.generator = torch.Generator().manual_seed(seed + 7)
-
-    def plan(self, step):
-        n = len(self.space)
-        blocks = torch.randperm(n, generator=self.generator)[: n // 2].sort().values
-        return Plan(seed=self.step_seed(step), blocks=blocks, weight=torch.full((n // 2,), 2.0))
-
-    def state_dict(self):
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state):
-        self.generator.set_state(state["generator"])
-
-
 @pytest.fixture
 def toys(monkeypatch):
+    """A stateful estimator (until zo-adam lands on main) with adalezo (a stateful sampler with a generator)."""
     monkeypatch.setitem(registry.ESTIMATORS, "toy-adagrad", ToyAdaGrad)
-    monkeypatch.setitem(registry.SAMPLERS, "toy-subset", ToySubset)
-    return ["estimator.name=toy-adagrad", "sampler.name=toy-subset", "estimator.lr=2e-3"]
+    return ["estimator.name=toy-adagrad", "sampler=adalezo", "estimator.lr=2e-3"]
 
 
 @pytest.mark.parametrize("combo", ["toys", "mezo-one-sided-q2"])
 def test_stop_and_resume_with_state_equals_uninterrupted(tmp_path, toys, combo):
-    """A stateful estimator and sampler (their state_dicts must round-trip), and one-sided MeZO with q=2."""
+    """A stateful estimator with adalezo (their state_dicts must round-trip), and one-sided MeZO with q=2."""
     extra = toys if combo == "toys" else ["estimator.one_sided=true", "estimator.q=2"]
     common = ["budget.steps=24", "budget.checkpoint_every=10", "budget.eval_every=8", *extra]
     run_here(tmp_path / "whole", *common)
@@ -213,7 +190,8 @@ def test_stop_and_resume_with_state_equals_uninterrupted(tmp_path, toys, combo):
     assert resumed["resumed_from"] == 13 and run.batches_done == 24
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
     if combo == "toys":  # the state mattered: without restoring it the parameters would differ
-        assert run.estimator.steps == 24 and float(run.estimator.sum_sq) > 0
+        assert run.estimator.steps == 24 and float(run.estimator.sum_sq) > 0 and run.sampler.observed == 24
+        assert (tmp_path / "whole" / "adalezo.jsonl").read_text() == (tmp_path / "cut" / "adalezo.jsonl").read_text()
 
 
 def test_resume_refuses_a_changed_config_and_a_missing_checkpoint(tmp_path, capsys):

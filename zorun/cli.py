@@ -158,6 +158,7 @@ def usage() -> str:
         "",
         "root keys: seed (int, seeds z, data order and random init);",
         "           force (bool, multirun: re-run jobs that already completed with the same config);",
+        "           kernels (auto|triton|torch: the perturb/update backend, chosen at setup and logged);",
         "           resume=RUN_DIR (continue a run from its newest checkpoint; relaunching into the dir does too)",
         "replay:     zorun-replay RUN_DIR   (the fine-tuned parameters from the base model + trajectory.jsonl)",
         "outputs: <run dir>/metrics.jsonl, summary.json, .hydra/ (see README)",

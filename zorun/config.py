@@ -34,6 +34,12 @@ class NonFinite(str, Enum):
     stop = "stop"  # restore exactly, then end the run with status diverged
 
 
+class KernelBackend(str, Enum):
+    auto = "auto"  # Triton for CUDA tensors when it imports, the torch reference otherwise
+    triton = "triton"
+    torch = "torch"
+
+
 class TaskType(str, Enum):
     classification = "classification"
     generation = "generation"
@@ -103,6 +109,20 @@ class SamplerConfig:
 
 
 @dataclass
+class AdaLeZOSamplerConfig(SamplerConfig):
+    """sampler=adalezo (zorun/samplers/adalezo.py); defaults from ALGORITHMS.md."""
+
+    name: str = "adalezo"
+    k_ratio: float = 0.2  # draws per step k = max(1, floor(k_ratio * number of layers))
+    tau: float = 0.2  # softmax temperature over the max-normalised EMA rewards
+    gamma: float = 0.01  # uniform floor: every layer keeps probability >= gamma / N
+    ema_alpha: float = 0.1  # EMA rate of the reward |g|
+    ipw_clip: float = 10.0  # cap on 1/(k*p_l); inf: no cap, exactly unbiased
+    interval: int = 1  # redraw the active layers every `interval` steps
+    warm_start: bool = False  # start with the policy biased to the deepest 40% of layers
+
+
+@dataclass
 class BudgetConfig:
     name: str = "demo"
     steps: int = 1000
@@ -150,6 +170,7 @@ class WandbLoggerConfig(LoggerConfig):
 @dataclass
 class RootConfig:
     seed: int = 0
+    kernels: KernelBackend = KernelBackend.auto
     model: Any = None
     task: Any = None
     estimator: Any = None
@@ -173,6 +194,7 @@ def register_configs() -> None:
     }.items():
         cs.store(group=f"schema/{group}", name="base", node=node)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
+    cs.store(group="schema/sampler", name="adalezo", node=AdaLeZOSamplerConfig)
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -204,7 +226,18 @@ def validate(cfg: DictConfig) -> None:
              f"the demonstrations are the first training examples, and task.num_train={task.num_train}")
     _require(task.max_new_tokens >= 1, "task.max_new_tokens", task.max_new_tokens, "it must be >= 1")
     _require(cfg.model.max_length >= 8, "model.max_length", cfg.model.max_length, "it must be >= 8")
+    if cfg.sampler.name == "adalezo":
+        _validate_adalezo(cfg.sampler)
     if cfg.model.init == ModelInit.random and not cfg.model.arch:
         raise ConfigError(f"model.init=random needs model.arch fields, and model={cfg.model.name} has none")
     if task.name == "local" and not task.path:
         raise ConfigError("task=local needs task.path=FILE.jsonl (one JSON object per line)")
+
+
+def _validate_adalezo(s: DictConfig) -> None:
+    _require(0 < s.k_ratio <= 1, "sampler.k_ratio", s.k_ratio, "it must be in (0, 1]: the fraction of layers drawn per step")
+    _require(s.tau > 0, "sampler.tau", s.tau, "it must be > 0 (large values give a uniform policy)")
+    _require(0 <= s.gamma <= 1, "sampler.gamma", s.gamma, "it must be in [0, 1]")
+    _require(0 < s.ema_alpha <= 1, "sampler.ema_alpha", s.ema_alpha, "it must be in (0, 1]")
+    _require(s.ipw_clip > 0, "sampler.ipw_clip", s.ipw_clip, "it must be > 0 (inf: no clip)")
+    _require(s.interval >= 1, "sampler.interval", s.interval, "it must be >= 1")

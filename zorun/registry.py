@@ -9,11 +9,12 @@ from omegaconf import DictConfig
 from zorun.config import ConfigError
 from zorun.estimators.base import Estimator
 from zorun.estimators.mezo import MeZO
+from zorun.samplers.adalezo import AdaLeZOSampler
 from zorun.samplers.base import Sampler
 from zorun.samplers.uniform import UniformSampler
 
 ESTIMATORS: Dict[str, Type[Estimator]] = {"mezo": MeZO}
-SAMPLERS: Dict[str, Type[Sampler]] = {"uniform": UniformSampler}
+SAMPLERS: Dict[str, Type[Sampler]] = {"uniform": UniformSampler, "adalezo": AdaLeZOSampler}
 
 
 def check_combination(cfg: DictConfig) -> None:

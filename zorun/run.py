@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from zorun import kernels
 from zorun.checkpoint import (Checkpoint, CheckpointError, Checkpoints, NonFiniteError, all_finite, log_sizes,
                               rng_state, set_rng_state, truncate_logs)
 from zorun.errors import ZorunError
@@ -92,6 +93,7 @@ class Run:
             self.task = build_task(cfg.task)  # data problems surface before the model loads
             self.tokenizer = load_tokenizer(cfg.model)
             self.build_model()
+        self.sampler.open_log(self.out_dir)  # after truncate_logs: a resumed sampler log continues at the checkpoint
         self.trajectory = TrajectoryWriter(self.out_dir / TRAJECTORY, {
             "num_blocks": len(self.space), "estimator": cfg.estimator.name, "sampler": cfg.sampler.name})
         log.info("model %s: %d trainable tensors, %.2fM parameters on %s", cfg.model.name,
@@ -107,6 +109,7 @@ class Run:
         self.device = next(self.model.parameters()).device
         self.clock.sync_cuda = self.device.type == "cuda"
         self.space = ParamSpace.from_model(self.model)
+        log.info(kernels.select(cfg.kernels, self.space))
         self.sampler = build_sampler(cfg, self.space, cfg.seed)
         self.estimator = build_estimator(cfg, self.space)
 
@@ -406,6 +409,8 @@ class Run:
                 self.metrics.close()
             if self.trajectory is not None:
                 self.trajectory.close()
+            if getattr(self, "sampler", None) is not None:
+                self.sampler.close()
             self.wandb.summary(summary)
             self.console.summary(summary, str(self.out_dir))
         finally:

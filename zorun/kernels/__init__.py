@@ -1,12 +1,62 @@
 """The only code that writes parameters in the ZO path.
 
-perturb_:  θ_b += α·s_b·z_b                                  for every active block b
-update_:   θ_b ← (1 − η·λ_b)·(θ_b + a·s_b·z_b) − c·w_b·s_b·z_b   restore and update in one pass
+For every active block b of a Plan (scale s_b, weight w_b), with z_b drawn
+from (plan.seed, b, element) and regenerated, never stored:
 
-z_b is drawn from a generator keyed by (plan.seed, b), so the update
-regenerates exactly the z of the perturbation and nothing is stored.
+    perturb_:          θ_b += α·s_b·z_b
+    update_:           θ_b ← k_b·(θ_b + r·s_b·z_b) − c·w_b·s_b·z_b
+    update_momentum_:  θ_b ← k_b·(θ_b + r·s_b·z_b);  buf_b ← μ·buf_b + g·w_b·s_b·z_b;  θ_b −= η·buf_b
+    update_adam_:      θ_b ← k_b·(θ_b + r·s_b·z_b);  ĝ = g·w_b·s_b·z_b;
+                       m_b ← β1·m_b + (1−β1)·ĝ;  v_b ← β2·v_b + (1−β2)·ĝ²;
+                       θ_b −= η·(m_b/(1−β1^t)) / (sqrt(v_b/(1−β2^t)) + ε_adam)
+
+with k_b = 1 − decay when block b decays (ParamSpace's ``decay`` flag; the
+caller passes decay = η·λ), else 1. r (``restore``) undoes the last
+perturbation in the same pass. Each is one pass over the active blocks (one
+Triton launch per dtype and device); inactive blocks, their θ and their
+state, are not touched. State tensors are fp32, θ's shape, indexed by block
+id. ``stochastic=True`` rounds 16-bit θ stochastically (unbiased), so updates
+below half an ulp still move θ on average; fp32 θ is unaffected.
+Backend choice: :func:`select` (``kernels=auto|triton|torch``).
 """
 
-from zorun.kernels.reference import perturb_, update_
+from __future__ import annotations
 
-__all__ = ["perturb_", "update_"]
+from typing import Sequence, Tuple
+
+import torch
+
+from zorun.kernels.dispatch import BACKENDS, current, run, select
+from zorun.kernels.passes import ADAM, MOMENTUM, Pass, StepArg
+from zorun.params import ParamSpace
+from zorun.plan import Plan
+
+__all__ = ["perturb_", "update_", "update_momentum_", "update_adam_", "select", "current", "BACKENDS"]
+
+
+def perturb_(space: ParamSpace, plan: Plan, alpha: float) -> None:
+    """θ_b += α·s_b·z_b for every active block."""
+    run(space, plan, restore=alpha, coef=0.0, decay=0.0)
+
+
+def update_(space: ParamSpace, plan: Plan, restore: float, coef: float, decay: float = 0.0,
+            stochastic: bool = False) -> None:
+    """θ_b ← k_b·(θ_b + restore·s_b·z_b) − coef·w_b·s_b·z_b; coef = η·g for ZO-SGD."""
+    run(space, plan, restore, coef, decay, Pass(stochastic=stochastic))
+
+
+def update_momentum_(space: ParamSpace, plan: Plan, restore: float, grad: float, lr: float, momentum: float,
+                     buf: Sequence[torch.Tensor], decay: float = 0.0, stochastic: bool = False) -> None:
+    """buf_b ← μ·buf_b + g·w_b·s_b·z_b; θ_b ← k_b·(θ_b + restore·s_b·z_b) − η·buf_b."""
+    run(space, plan, restore, grad, decay,
+        Pass(mode=MOMENTUM, momentum=momentum, lr=lr, states=(buf,), stochastic=stochastic))
+
+
+def update_adam_(space: ParamSpace, plan: Plan, restore: float, grad: float, lr: float,
+                 m: Sequence[torch.Tensor], v: Sequence[torch.Tensor], step: StepArg,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, decay: float = 0.0,
+                 stochastic: bool = False) -> None:
+    """Adam on ĝ = g·w_b·s_b·z_b, bias-corrected with step t ≥ 1 (an int, or one per active block)."""
+    run(space, plan, restore, grad, decay,
+        Pass(mode=ADAM, lr=lr, beta1=betas[0], beta2=betas[1], adam_eps=eps, states=(m, v),
+             stochastic=stochastic), step=step)

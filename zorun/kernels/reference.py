@@ -1,78 +1,143 @@
-"""Torch reference of the perturb/update kernels, for CPU and tensors Triton cannot take.
+"""Torch reference of the kernel passes, for CPU and tensors Triton cannot take.
 
 z is produced in chunks of CHUNK elements into one reused float32 buffer per
 device, so no full-size temporary of a large tensor is ever allocated, and a
 pass touches each parameter once while its chunk is in cache. Every pass over
-a block draws the same chunk sequence from the same seeded generator, so z is
-reproduced exactly between the perturbation and the update.
+a block draws the same chunk sequence from a generator seeded with
+mix_seed(seed, block), so z is reproduced exactly between the perturbation and
+the update. The numbers are the same in distribution as the Triton kernels',
+not the same bits (torch's generators are not Philox-by-offset on every device).
+The algebra of each pass is documented in :mod:`zorun.kernels.passes`.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 
+from zorun.kernels.passes import A, ADAM, BC1, BC2, C, KEEP, MOMENTUM, PLAIN, Pass
 from zorun.params import ParamSpace
-from zorun.plan import Plan, mix_seed
+from zorun.plan import mix_seed
 
-CHUNK = 1 << 16
-_buffers: Dict[torch.device, torch.Tensor] = {}
-_generators: Dict[torch.device, torch.Generator] = {}
-
-
-def _scratch(device: torch.device) -> Tuple[torch.Tensor, torch.Generator]:
-    if device not in _buffers:
-        _buffers[device] = torch.empty(CHUNK, dtype=torch.float32, device=device)
-        _generators[device] = torch.Generator(device=device)
-    return _buffers[device], _generators[device]
+CHUNK = 1 << 15  # 128 KiB of fp32: z, θ's chunk and the state chunks stay in L2 while a chunk is processed
+_ROUNDING_STREAM = 1  # the stochastic-rounding uniforms come from mix_seed(seed, block, 1)
 
 
-def z_chunks(param: torch.Tensor, seed: int, block: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (fp32 z chunk, matching flat view of param); the z buffer is reused between chunks."""
-    flat = param.data.view(-1)
-    buf, gen = _scratch(flat.device)
-    gen.manual_seed(mix_seed(seed, block))
-    n = flat.numel()
+class _Scratch:
+    """Reused per-device buffers: z, an fp32 copy of a 16-bit chunk, a temporary, rounding uniforms."""
+
+    def __init__(self, device: torch.device):
+        self.z, self.x, self.tmp, self.u = (torch.empty(CHUNK, dtype=torch.float32, device=device) for _ in range(4))
+        self.gen = torch.Generator(device=device)
+        self.gen_u = torch.Generator(device=device)
+
+
+_scratch: Dict[torch.device, _Scratch] = {}
+
+
+def _scratch_for(device: torch.device) -> _Scratch:
+    if device not in _scratch:
+        _scratch[device] = _Scratch(device)
+    return _scratch[device]
+
+
+def z_chunks(param: torch.Tensor, seed: int, block: int) -> Iterator[Tuple[torch.Tensor, int]]:
+    """Yield (fp32 z chunk, its start in the flat param); the z buffer is reused between chunks."""
+    sc = _scratch_for(param.device)
+    sc.gen.manual_seed(mix_seed(seed, block))
+    n = param.numel()
     for start in range(0, n, CHUNK):
-        size = min(CHUNK, n - start)
-        z = buf[:size]
-        torch.randn(size, generator=gen, out=z)
-        yield z, flat[start : start + size]
+        z = sc.z[: min(CHUNK, n - start)]
+        torch.randn(z.shape, generator=sc.gen, out=z)
+        yield z, start
 
 
-def _apply(view: torch.Tensor, fn) -> None:
-    """Run fn on an fp32 version of view and store back (in place when view is fp32)."""
-    if view.dtype == torch.float32:
-        fn(view)
-    else:
-        tmp = view.float()
-        fn(tmp)
-        view.copy_(tmp)
+def round_stochastic_(dst: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> None:
+    """dst (bf16/fp16) ← x (fp32) rounded to a neighbour, up with probability equal to x's distance from below.
+
+    lo is x rounded toward zero, hi the next representable value away from
+    zero; x → hi with probability (x − lo)/(hi − lo), so E[dst] = x and an
+    update far below half an ulp still moves θ on average.
+    """
+    near = x.to(dst.dtype)
+    bits = near.view(torch.int16)
+    overshoot = near.float().abs() > x.abs()  # round-to-nearest went away from zero: step back
+    lo = (bits - overshoot.to(torch.int16)).view(dst.dtype)
+    hi = (lo.view(torch.int16) + 1).view(dst.dtype)
+    lo32 = lo.float()
+    up = u < (x - lo32) / (hi.float() - lo32)
+    dst.copy_(torch.where(up, hi, lo))
+
+
+def _stateful(states: List[torch.Tensor], start: int, size: int) -> List[torch.Tensor]:
+    return [s.view(-1)[start : start + size] for s in states]
+
+
+@contextmanager
+def _one_thread():
+    """Run a pass's chunk ops on the calling thread.
+
+    randn is serial anyway, and the elementwise ops on a cached chunk are tiny;
+    letting torch fork/join threads for each of them cost far more than it saved
+    (on a busy 2-core machine, ~7x slower per element at 65536-element chunks,
+    ~50x for Adam's sqrt, each small parallel region waiting for a descheduled thread).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @torch.no_grad()
-def perturb_(space: ParamSpace, plan: Plan, alpha: float) -> None:
-    for i, b in enumerate(plan.blocks.tolist()):
-        a = alpha * plan.scale_of(i)
-        for z, view in z_chunks(space.blocks[b].tensor, plan.seed, b):
-            _apply(view, lambda t: t.add_(z, alpha=a))
+def run_pass(space: ParamSpace, seed: int, blocks: torch.Tensor, coefs: torch.Tensor, p: Pass) -> None:
+    """Execute one pass (see :mod:`zorun.kernels.passes`) block by block, chunk by chunk."""
+    with _one_thread():
+        _run_blocks(space, seed, blocks, coefs, p)
 
 
-@torch.no_grad()
-def update_(space: ParamSpace, plan: Plan, restore: float, coef: float, decay: float = 0.0) -> None:
-    """θ ← (1 − decay)·(θ + restore·s·z) − coef·w·s·z; decay = η·λ, skipped for non-decayed blocks."""
-    for i, b in enumerate(plan.blocks.tolist()):
-        s, w = plan.scale_of(i), plan.weight_of(i)
-        keep = 1.0 - decay if space.blocks[b].decay else 1.0
-        a, c = restore * s, coef * w * s
-
-        def fused(t: torch.Tensor) -> None:
+def _run_blocks(space: ParamSpace, seed: int, blocks: torch.Tensor, coefs: torch.Tensor, p: Pass) -> None:
+    for b, row in zip(blocks.tolist(), coefs[:, [A, KEEP, C, BC1, BC2]].tolist()):
+        a, keep, c, bc1, bc2 = row
+        theta = space.blocks[b].tensor.data
+        flat = theta.view(-1)
+        states = [st[b] for st in p.states]
+        sc = _scratch_for(theta.device)
+        sixteen = theta.dtype != torch.float32
+        if p.stochastic and sixteen:
+            sc.gen_u.manual_seed(mix_seed(seed, b, _ROUNDING_STREAM))
+        for z, start in z_chunks(theta, seed, b):
+            size = z.numel()
+            view = flat[start : start + size]
+            x = sc.x[:size].copy_(view) if sixteen else view
             if a != 0.0:
-                t.add_(z, alpha=a)
+                x.add_(z, alpha=a)
             if keep != 1.0:
-                t.mul_(keep)
-            t.add_(z, alpha=-c)
-
-        for z, view in z_chunks(space.blocks[b].tensor, plan.seed, b):
-            _apply(view, fused)
+                x.mul_(keep)
+            if p.mode == PLAIN:
+                x.add_(z, alpha=-c)
+            elif p.mode == MOMENTUM:
+                (buf,) = _stateful(states, start, size)
+                buf.mul_(p.momentum).add_(z, alpha=c)
+                x.add_(buf, alpha=-p.lr)
+            elif p.mode == ADAM:
+                m, v = _stateful(states, start, size)
+                g = torch.mul(z, c, out=sc.tmp[:size])
+                m.mul_(p.beta1).add_(g, alpha=1.0 - p.beta1)
+                v.mul_(p.beta2).addcmul_(g, g, value=1.0 - p.beta2)
+                denom = torch.div(v, bc2, out=sc.tmp[:size]).sqrt_().add_(p.adam_eps)
+                step = torch.div(m, bc1, out=sc.u[:size]).mul_(p.lr).div_(denom)
+                x.sub_(step)
+            else:
+                raise ValueError(f"unknown pass mode {p.mode}")
+            if not sixteen:
+                continue
+            if p.stochastic:
+                u = sc.u[:size]
+                u.uniform_(generator=sc.gen_u)
+                round_stochastic_(view, x, u)
+            else:
+                view.copy_(x)

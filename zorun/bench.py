@@ -1,0 +1,333 @@
+"""zorun-bench: commands that print (and optionally save as JSON) speed figures.
+
+    zorun-bench kernels [--sizes 1e6,1e7] [--dtypes float32,bfloat16]
+        GB/s of zorun's perturb and update passes against a plain copy_ of the
+        same bytes (the bandwidth roofline) and against a MeZO-style pass
+        (torch.normal into a fresh tensor, then θ + ε·z), one process, one table.
+    zorun-bench step [overrides ...] [--batch 4] [--seq-len 128]
+        zorun's estimator/sampler step and a MeZO-style reference step (four
+        torch.normal passes per tensor) alternated on the same random-init model
+        and batch: forward / perturb / update breakdown, step / (2 × forward),
+        and zorun's speed-up.
+
+Timings use the backend chosen with --kernels (auto: Triton on CUDA, the torch
+reference on CPU) and synchronise CUDA around every timed region.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from zorun import kernels
+from zorun.errors import ZorunError
+from zorun.params import ParamSpace
+from zorun.plan import Plan, mix_seed
+from zorun.timing import Clock
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_s(fn: Callable[[], None], device: torch.device, repeat: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def environment(device: torch.device) -> Dict[str, Any]:
+    env = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+           "kernels": kernels.current()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    return env
+
+
+def mezo_style_pass(params: List[torch.Tensor], seed: int, alpha: float) -> None:
+    """One MeZO-style pass: reseed the global generator, then θ ← θ + α·z per tensor with a fresh z."""
+    torch.manual_seed(seed)
+    for p in params:
+        z = torch.normal(mean=0.0, std=1.0, size=p.size(), device=p.device, dtype=p.dtype)
+        p.data = p.data + alpha * z
+
+
+# ------------------------------------------------------------------ kernels
+def bench_kernels(args: argparse.Namespace) -> Dict[str, Any]:
+    device = _device(args.device)
+    try:
+        sizes_n = [int(float(s)) for s in args.sizes.split(",")]
+    except ValueError:
+        raise ZorunError(f"--sizes={args.sizes}: expected comma-separated numbers such as 1e6,1e8")
+    unknown = [d for d in args.dtypes.split(",") if d not in DTYPES]
+    if unknown or min(sizes_n) < args.blocks:
+        raise ZorunError(f"--dtypes takes {', '.join(DTYPES)}; --sizes must be >= --blocks ({args.blocks})")
+    _print_kernels_header(environment(device) | {"kernels": args.kernels})
+    rows = []
+    for dtype_name in args.dtypes.split(","):
+        for n in sizes_n:
+            for row in _bench_size(args, device, dtype_name, n):  # tensors are freed between sizes
+                _print_kernels_row(row)
+                rows.append(row)
+    return {"command": "kernels", "env": environment(device), "rows": rows}
+
+
+def _bench_size(args: argparse.Namespace, device: torch.device, dtype_name: str, n: int) -> List[Dict[str, Any]]:
+    dtype = DTYPES[dtype_name]
+    sizes = [n // args.blocks + (1 if i < n % args.blocks else 0) for i in range(args.blocks)]
+    params = [torch.nn.Parameter(torch.zeros(s, dtype=dtype, device=device)) for s in sizes]
+    space = ParamSpace([(f"layers.{i}.weight", p) for i, p in enumerate(params)])
+    kernels.select(args.kernels, space)
+    plan = Plan(seed=mix_seed(n), blocks=space.all_blocks())
+    esize = params[0].element_size()
+    flat_src = torch.zeros(n, dtype=dtype, device=device)
+    flat_dst = torch.empty_like(flat_src)
+    ops: Dict[str, Callable[[], None]] = {
+        "copy_": lambda: flat_dst.copy_(flat_src),
+        "perturb": lambda: kernels.perturb_(space, plan, 1e-3),
+        "update": lambda: kernels.update_(space, plan, restore=1e-3, coef=1e-6, decay=1e-6),
+        "mezo-style pass": lambda: mezo_style_pass(params, 0, 1e-3),
+    }
+    if dtype != torch.float32:
+        ops["update (stochastic rounding)"] = lambda: kernels.update_(
+            space, plan, restore=1e-3, coef=1e-6, decay=1e-6, stochastic=True)
+    if args.stateful:
+        buf, m, v = ([torch.zeros(s, device=device) for s in sizes] for _ in range(3))
+        ops["update_momentum"] = lambda: kernels.update_momentum_(space, plan, 1e-3, 1.0, 1e-6, 0.9, buf)
+        ops["update_adam"] = lambda: kernels.update_adam_(space, plan, 1e-3, 1.0, 1e-6, m, v, 1)
+    state_bytes = {"update_momentum": 8, "update_adam": 16}  # fp32 state read and written per element
+    times = {name: _median_s(fn, device, args.repeat) for name, fn in ops.items()}
+    rows = []
+    for name, sec in times.items():
+        nbytes = n * (2 * esize + state_bytes.get(name, 0))
+        rows.append({"dtype": dtype_name, "numel": n, "blocks": args.blocks, "op": name, "ms": sec * 1e3,
+                     "GB/s": nbytes / sec / 1e9, "of_copy": times["copy_"] / sec * (nbytes / (2 * n * esize))})
+    zorun_step = 2 * times["perturb"] + times["update"]
+    mezo_step = 4 * times["mezo-style pass"]
+    rows.append({"dtype": dtype_name, "numel": n, "blocks": args.blocks, "op": "step passes",
+                 "zorun_ms": zorun_step * 1e3, "mezo_style_ms": mezo_step * 1e3, "speedup": mezo_step / zorun_step})
+    return rows
+
+
+def _print_kernels_header(env: Dict[str, Any]) -> None:
+    print(f"zorun-bench kernels  device={env.get('gpu', env['device'])} torch={env['torch']} "
+          f"triton={env['triton']} kernels={env['kernels']} threads={env['threads']}")
+    print(f"{'dtype':<9} {'numel':>10} {'op':<30} {'ms':>10} {'GB/s':>8} {'of copy_':>9}", flush=True)
+
+
+def _print_kernels_row(r: Dict[str, Any]) -> None:
+    if r["op"] == "step passes":
+        print(f"{r['dtype']:<9} {r['numel']:>10.0e}   per step: zorun 2 perturb + 1 fused update "
+              f"{r['zorun_ms']:.2f} ms vs MeZO-style 4 passes {r['mezo_style_ms']:.2f} ms "
+              f"-> {r['speedup']:.2f}x", flush=True)
+    else:
+        print(f"{r['dtype']:<9} {r['numel']:>10.0e} {r['op']:<30} {r['ms']:>10.3f} "
+              f"{r['GB/s']:>8.1f} {100 * r['of_copy']:>8.0f}%", flush=True)
+
+
+# --------------------------------------------------------------------- step
+def _compose(overrides: List[str]):
+    from hydra import compose, initialize_config_dir
+
+    from zorun.cli import CONF_DIR, check_known_keys, one_line
+    from zorun.config import validate
+    from zorun.registry import check_combination
+
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=["model=opt-125m", *overrides, "model.init=random"])
+        check_known_keys(cfg)
+        validate(cfg)
+        check_combination(cfg)
+    except Exception as ex:  # Hydra / OmegaConf / ConfigError: one line, exit 2
+        raise ZorunError(one_line(ex)) from ex
+    return cfg
+
+
+def bench_step(args: argparse.Namespace) -> Dict[str, Any]:
+    from zorun.models import load_model
+    from zorun.registry import build_estimator, build_sampler
+
+    cfg = _compose(args.overrides)
+    model = load_model(cfg.model, cfg.seed)
+    device = next(model.parameters()).device
+    space = ParamSpace.from_model(model)
+    kernels.select(cfg.kernels, space)
+    sampler, estimator = build_sampler(cfg, space, cfg.seed), build_estimator(cfg, space)
+    vocab = int(model.config.vocab_size)
+    ids = torch.randint(vocab, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+
+    @torch.no_grad()
+    def loss() -> float:
+        return float(model(input_ids=ids, labels=ids).loss)
+
+    lr, eps, wd = float(cfg.estimator.lr), float(cfg.estimator.eps), float(cfg.estimator.weight_decay)
+    params = [b.tensor for b in space.blocks]
+    decayed = [b.decay for b in space.blocks]
+
+    def reference_step(seed: int, clock: Clock) -> None:
+        """MeZO-style SPSA step: 3 perturbation passes and 1 update pass, each regenerating z with torch.normal."""
+        with clock("perturb"):
+            mezo_style_pass(params, seed, eps)
+        with clock("forward"):
+            lp = loss()
+        with clock("perturb"):
+            mezo_style_pass(params, seed, -2 * eps)
+        with clock("forward"):
+            lm = loss()
+        with clock("perturb"):
+            mezo_style_pass(params, seed, eps)
+        g = (lp - lm) / (2 * eps)
+        with clock("update"):
+            torch.manual_seed(seed)
+            for p, d in zip(params, decayed):
+                z = torch.normal(mean=0.0, std=1.0, size=p.size(), device=p.device, dtype=p.dtype)
+                p.data = p.data - lr * (g * z + wd * p.data) if d and wd else p.data - lr * g * z
+
+    clocks = {"zorun": Clock(sync_cuda=device.type == "cuda"), "reference": Clock(sync_cuda=device.type == "cuda")}
+    walls = {"zorun": 0.0, "reference": 0.0}
+    for step in range(args.warmup + args.steps):
+        order = ("zorun", "reference") if step % 2 == 0 else ("reference", "zorun")
+        for name in order:  # alternate who goes first, so drift on a shared machine hits both
+            clock = clocks[name] if step >= args.warmup else Clock(sync_cuda=device.type == "cuda")
+            _sync(device)
+            start = time.perf_counter()
+            if name == "zorun":
+                plan = sampler.plan(step)
+                result = estimator.step(plan, loss, lr, clock)
+                sampler.observe(plan, result)
+            else:
+                reference_step(mix_seed(cfg.seed, step), clock)
+            _sync(device)
+            if step >= args.warmup:
+                walls[name] += time.perf_counter() - start
+    figures = {}
+    for name, clock in clocks.items():
+        per = {k: clock.totals[k] / args.steps for k in ("forward", "perturb", "update")}
+        per["step"] = walls[name] / args.steps
+        per["other"] = per["step"] - per["forward"] - per["perturb"] - per["update"]
+        per["step_over_2fwd"] = per["step"] / per["forward"]  # forward holds both passes of a step
+        per["perturb_update_share"] = (per["perturb"] + per["update"]) / per["step"]
+        figures[name] = per
+    result = {
+        "command": "step", "env": environment(device),
+        "model": cfg.model.name, "dtype": str(getattr(cfg.model.dtype, "value", cfg.model.dtype)),
+        "params": space.numel, "tensors": len(space), "batch": args.batch, "seq_len": args.seq_len,
+        "estimator": cfg.estimator.name, "sampler": cfg.sampler.name, "steps": args.steps,
+        "figures": figures, "speedup": figures["reference"]["step"] / figures["zorun"]["step"],
+    }
+    _print_step(result)
+    return result
+
+
+def _print_step(r: Dict[str, Any]) -> None:
+    env = r["env"]
+    print(f"zorun-bench step  {r['model']} ({r['params'] / 1e6:.1f}M parameters in {r['tensors']} tensors, "
+          f"{r['dtype']}) batch {r['batch']} x {r['seq_len']} tokens, {r['steps']} steps each, "
+          f"device={env.get('gpu', env['device'])} threads={env['threads']} torch={env['torch']} "
+          f"triton={env['triton']} kernels={env['kernels']}")
+    print(f"{'per step (s)':<32} {'forward':>8} {'perturb':>8} {'update':>8} {'other':>8} {'step':>8} "
+          f"{'step/2fwd':>10} {'pert+upd':>9}")
+    labels = {"zorun": f"zorun {r['estimator']}/{r['sampler']}", "reference": "MeZO-style (4 x torch.normal)"}
+    for name, f in r["figures"].items():
+        print(f"{labels[name]:<32} {f['forward']:>8.3f} {f['perturb']:>8.3f} {f['update']:>8.3f} "
+              f"{f['other']:>8.3f} {f['step']:>8.3f} {f['step_over_2fwd']:>10.3f} "
+              f"{100 * f['perturb_update_share']:>8.0f}%")
+    print(f"zorun speed-up over the MeZO-style step: {r['speedup']:.2f}x")
+
+
+# --------------------------------------------------------------------- main
+def bench_memory(args: argparse.Namespace) -> Dict[str, Any]:
+    """Peak memory of one ZO step next to one inference forward on the same batch (own processes)."""
+    from zorun.memory import compare
+
+    result = compare(list(args.overrides))
+    fwd, zo = result["forward"]["peak_bytes"], result["zo_step"]["peak_bytes"]
+    mib = 2 ** 20
+    print(f"parameters      {result['forward']['param_bytes'] / mib:10.1f} MiB")
+    print(f"forward (no grad) peak {fwd / mib:10.1f} MiB")
+    print(f"ZO step peak    {zo / mib:10.1f} MiB")
+    print(f"ratio ZO step / forward: {zo / fwd:.3f}")
+    return {**result, "ratio": zo / fwd}
+
+
+def _device(name: str) -> torch.device:
+    from zorun.models.loading import resolve_device
+
+    return resolve_device(name)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="zorun-bench", description="zorun speed benchmarks (print figures, optional JSON)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    k = sub.add_parser("kernels", help="GB/s of perturb/update passes vs copy_ and a MeZO-style pass")
+    k.add_argument("--sizes", default="1e6,1e7", help="comma-separated element counts (default 1e6,1e7)")
+    k.add_argument("--dtypes", default="float32,bfloat16", help=f"comma-separated, of {', '.join(DTYPES)}")
+    k.add_argument("--blocks", type=int, default=8, help="split each size over this many tensors (one launch)")
+    k.add_argument("--stateful", action="store_true", help="also time update_momentum_ and update_adam_")
+    k.add_argument("--repeat", type=int, default=5)
+    k.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    k.add_argument("--kernels", default="auto", choices=kernels.BACKENDS)
+    k.set_defaults(run=bench_kernels)
+
+    s = sub.add_parser("step", help="zorun's step vs a MeZO-style step on a random-init preset")
+    s.add_argument("overrides", nargs="*", help="zorun config overrides, e.g. model=opt-1.3b model.dtype=bfloat16")
+    s.add_argument("--batch", type=int, default=4)
+    s.add_argument("--seq-len", type=int, default=128)
+    s.add_argument("--steps", type=int, default=5, help="measured steps per method")
+    s.add_argument("--warmup", type=int, default=1)
+    s.set_defaults(run=bench_step)
+
+    m = sub.add_parser("memory", help="peak memory of one ZO step vs one inference forward, same batch")
+    m.add_argument("overrides", nargs="*", help="zorun config overrides, e.g. model=opt-125m model.init=random")
+    m.set_defaults(run=bench_memory)
+
+    for p in (k, s, m):
+        p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+        p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if any(getattr(args, k, 1) < 1 for k in ("repeat", "steps", "batch", "seq_len", "blocks")):
+        print("zorun-bench: error: --repeat, --steps, --batch, --seq-len and --blocks must be >= 1", file=sys.stderr)
+        sys.exit(2)
+    try:
+        result = args.run(args)
+    except ZorunError as err:
+        print(f"zorun-bench: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+        print(f"figures written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""What one kernel pass does, independent of the backend that executes it.
+
+Every pass walks the active blocks b of a Plan once, regenerates z_b from
+(plan.seed, b, element) and, in fp32, computes
+
+    x  = keep_b·(θ_b + a_b·z_b)                       restore (or perturb) and decay
+    plain:     θ_b ← x − c_b·z_b
+    momentum:  buf_b ← μ·buf_b + c_b·z_b;             θ_b ← x − η·buf_b
+    adam:      ĝ = c_b·z_b
+               m_b ← β1·m_b + (1 − β1)·ĝ;  v_b ← β2·v_b + (1 − β2)·ĝ²
+               θ_b ← x − η·(m_b / bc1_b) / (sqrt(v_b / bc2_b) + ε_adam)
+
+then stores θ_b in its own dtype (round to nearest, or stochastically). The
+per-block numbers come from the Plan (scale s_b, weight w_b) and the call:
+a_b = restore·s_b, keep_b = 1 − decay for decayed blocks (else 1),
+c_b = coef·w_b·s_b, bc1_b = 1 − β1^t_b, bc2_b = 1 − β2^t_b.
+Both backends read these from one table, so they cannot disagree on the algebra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from zorun.params import ParamSpace
+from zorun.plan import Plan
+
+PLAIN, MOMENTUM, ADAM = 0, 1, 2
+# columns of the per-block coefficient table
+A, KEEP, C, BC1, BC2 = range(5)
+NUM_COEFS = 5
+
+StepArg = Union[int, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Pass:
+    """The scalars shared by every block of one pass, and the state tensors it updates."""
+
+    mode: int = PLAIN
+    momentum: float = 0.0  # μ (momentum)
+    lr: float = 0.0  # η (momentum, adam)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+    # state tensors indexed by block id: (buf,) for momentum, (m, v) for adam; fp32, θ's shape
+    states: Tuple[Sequence[Optional[torch.Tensor]], ...] = ()
+    stochastic: bool = False  # stochastic rounding when θ is 16-bit
+
+
+def coefficients(space: ParamSpace, plan: Plan, restore: float, coef: float, decay: float,
+                 p: Pass, step: StepArg = 1) -> torch.Tensor:
+    """The (active blocks × NUM_COEFS) fp32 table a, keep, c, bc1, bc2 described in the module doc."""
+    n = len(plan.blocks)
+    scale = torch.ones(n, dtype=torch.float64) if plan.scale is None else plan.scale.double().cpu()
+    weight = torch.ones(n, dtype=torch.float64) if plan.weight is None else plan.weight.double().cpu()
+    decays = torch.tensor([space.blocks[b].decay for b in plan.blocks.tolist()], dtype=torch.bool)
+    out = torch.empty(n, NUM_COEFS, dtype=torch.float64)
+    out[:, A] = restore * scale
+    out[:, KEEP] = torch.where(decays, 1.0 - decay, 1.0)
+    out[:, C] = coef * weight * scale
+    t = torch.as_tensor(step, dtype=torch.float64).expand(n)
+    out[:, BC1] = 1.0 - p.beta1 ** t
+    out[:, BC2] = 1.0 - p.beta2 ** t
+    return out.float()
+
+
+def check_states(space: ParamSpace, plan: Plan, p: Pass) -> None:
+    """Refuse missing or mis-shaped state tensors before any parameter is written."""
+    for states in p.states:
+        for b in plan.blocks.tolist():
+            st, theta = states[b], space.blocks[b].tensor
+            if (st is None or st.shape != theta.shape or st.dtype != torch.float32 or st.device != theta.device
+                    or not st.is_contiguous()):
+                raise ValueError(f"state of block {b} ({space.blocks[b].name}) must be a contiguous float32 tensor of shape "
+                                 f"{tuple(theta.shape)} on {theta.device}, got {None if st is None else (st.dtype, tuple(st.shape), st.device)}")
