@@ -29,6 +29,11 @@ class ModelInit(str, Enum):
     random = "random"  # build the architecture from model.arch, random weights
 
 
+class NonFinite(str, Enum):
+    skip = "skip"  # restore the step's parameters exactly and go on with the next batch
+    stop = "stop"  # restore exactly, then end the run with status diverged
+
+
 class KernelBackend(str, Enum):
     auto = "auto"  # Triton for CUDA tensors when it imports, the torch reference otherwise
     triton = "triton"
@@ -53,6 +58,7 @@ class ModelConfig:
     # what model.init=random builds, and what the tiny model is.
     arch: Dict[str, Any] = field(default_factory=dict)
     tokenizer: Optional[str] = None  # "builtin" for the offline tiny tokenizer; else hub id/path
+    trust_remote_code: bool = False  # run the model repository's own Python code (transformers' flag); off unless set
 
 
 @dataclass
@@ -202,6 +208,10 @@ class BudgetConfig:
     eval_every: int = 0  # 0: only before and after training
     log_every: int = 10
     time_limit_s: float = 0.0  # 0: no limit; else stop training (status completed) after this
+    checkpoint_every: int = 1000  # steps between checkpoints (0: only when stopped by a signal)
+    keep_checkpoints: int = 2  # the newest k are kept
+    on_nonfinite: NonFinite = NonFinite.skip  # a non-finite loss: the step is undone exactly, then skip or stop
+    max_nonfinite_skips: int = 5  # this many consecutive skipped steps end the run as diverged
 
 
 class WandbMode(str, Enum):
@@ -245,6 +255,7 @@ class RootConfig:
     budget: Any = None
     logger: Any = None
     force: bool = False  # multirun: re-run jobs even when a completed summary.json with the same config exists
+    resume: Optional[str] = None  # a run directory to continue from its last checkpoint (zorun resume=DIR)
 
 
 def register_configs() -> None:
@@ -280,6 +291,10 @@ def validate(cfg: DictConfig) -> None:
     _require(bud.eval_every >= 0, "budget.eval_every", bud.eval_every, "it must be >= 0 (0: only at start and end)")
     _require(bud.log_every >= 1, "budget.log_every", bud.log_every, "it must be >= 1")
     _require(bud.time_limit_s >= 0, "budget.time_limit_s", bud.time_limit_s, "it must be >= 0 (0: none)")
+    _require(bud.checkpoint_every >= 0, "budget.checkpoint_every", bud.checkpoint_every,
+             "it must be >= 0 (0: checkpoint only when stopped)")
+    _require(bud.keep_checkpoints >= 1, "budget.keep_checkpoints", bud.keep_checkpoints, "it must be >= 1")
+    _require(bud.max_nonfinite_skips >= 1, "budget.max_nonfinite_skips", bud.max_nonfinite_skips, "it must be >= 1")
     for split in ("num_train", "num_dev", "num_test"):
         _require(task[split] >= 0, f"task.{split}", task[split], "it must be >= 0")
     _require(task.icl_demos >= 0, "task.icl_demos", task.icl_demos, "it must be >= 0")
