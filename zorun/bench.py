@@ -259,6 +259,20 @@ def _print_step(r: Dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------- main
+def bench_memory(args: argparse.Namespace) -> Dict[str, Any]:
+    """Peak memory of one ZO step next to one inference forward on the same batch (own processes)."""
+    from zorun.memory import compare
+
+    result = compare(list(args.overrides))
+    fwd, zo = result["forward"]["peak_bytes"], result["zo_step"]["peak_bytes"]
+    mib = 2 ** 20
+    print(f"parameters      {result['forward']['param_bytes'] / mib:10.1f} MiB")
+    print(f"forward (no grad) peak {fwd / mib:10.1f} MiB")
+    print(f"ZO step peak    {zo / mib:10.1f} MiB")
+    print(f"ratio ZO step / forward: {zo / fwd:.3f}")
+    return {**result, "ratio": zo / fwd}
+
+
 def _device(name: str) -> torch.device:
     from zorun.models.loading import resolve_device
 
@@ -287,7 +301,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=1)
     s.set_defaults(run=bench_step)
 
-    for p in (k, s):
+    m = sub.add_parser("memory", help="peak memory of one ZO step vs one inference forward, same batch")
+    m.add_argument("overrides", nargs="*", help="zorun config overrides, e.g. model=opt-125m model.init=random")
+    m.set_defaults(run=bench_memory)
+
+    for p in (k, s, m):
         p.add_argument("--json", default=None, help="also write the figures to this JSON file")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return ap

@@ -23,7 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from zorun.config import ConfigError, register_configs, validate
+from zorun.errors import ZorunError
 from zorun.multirun import register_sweeps, sweeps_dir
+from zorun.resume import expand_resume
+from zorun.safety import check_targets
+from zorun.tracking.files import check_writable
 
 GROUPS = ("model", "task", "estimator", "sampler", "budget", "logger")
 EXIT_USAGE = 2
@@ -54,7 +58,7 @@ def _flatten(text: str) -> str:
 
 def one_line(ex: BaseException) -> str:
     """The shortest message that names the key, the problem and the fix."""
-    if isinstance(ex, ConfigError):
+    if isinstance(ex, ZorunError):
         return str(ex)
     msg = str(ex)
     missing = re.search(r"Could not find '([^/']+)/([^']+)'", msg)
@@ -93,7 +97,7 @@ def check_known_keys(node: DictConfig, prefix: str = "") -> None:
                 raise ConfigError(f"unknown key '{prefix}{key}': check the spelling; `zorun --cfg job` lists every key")
     for key in node.keys():
         child = node._get_node(key)
-        if isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
+        if key != "hydra" and isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
             check_known_keys(child, f"{prefix}{key}.")
 
 
@@ -121,12 +125,14 @@ def preflight(overrides: List[str], multirun: bool) -> int:
 
         jobs = job_overrides(overrides, multirun, _compose)
         for job in jobs:
-            cfg = _compose(job)
+            cfg = _compose(job, return_hydra_config=True)
+            check_targets(cfg)  # before anything else: nothing but zorun.* is ever instantiated
             check_known_keys(cfg)
             validate(cfg)
             from zorun.registry import check_combination
 
             check_combination(cfg)
+        check_writable(Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)))
     return len(jobs)
 
 
@@ -152,7 +158,9 @@ def usage() -> str:
         "",
         "root keys: seed (int, seeds z, data order and random init);",
         "           force (bool, multirun: re-run jobs that already completed with the same config);",
-        "           kernels (auto|triton|torch: the perturb/update backend, chosen at setup and logged)",
+        "           kernels (auto|triton|torch: the perturb/update backend, chosen at setup and logged);",
+        "           resume=RUN_DIR (continue a run from its newest checkpoint; relaunching into the dir does too)",
+        "replay:     zorun-replay RUN_DIR   (the fine-tuned parameters from the base model + trajectory.jsonl)",
         "outputs: <run dir>/metrics.jsonl, summary.json, .hydra/ (see README)",
         "Hydra's own flags (--multirun, --cfg, --resolve, --info, --hydra-help, ...) work as usual.",
     ]
@@ -185,8 +193,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = _hydra_argv_parser().parse_args(argv)
     if not (args.hydra_help or args.info or args.shell_completion):
         try:
-            preflight(args.overrides, args.multirun)
-        except (ConfigError, HydraException, OmegaConfBaseException) as ex:
+            overrides = expand_resume(args.overrides, args.multirun)
+            argv = [a for a in argv if a not in args.overrides] + overrides
+            preflight(overrides, args.multirun)
+        except (ZorunError, HydraException, OmegaConfBaseException) as ex:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"zorun: error: {one_line(ex)}", file=sys.stderr)

@@ -29,6 +29,11 @@ class ModelInit(str, Enum):
     random = "random"  # build the architecture from model.arch, random weights
 
 
+class NonFinite(str, Enum):
+    skip = "skip"  # restore the step's parameters exactly and go on with the next batch
+    stop = "stop"  # restore exactly, then end the run with status diverged
+
+
 class KernelBackend(str, Enum):
     auto = "auto"  # Triton for CUDA tensors when it imports, the torch reference otherwise
     triton = "triton"
@@ -53,6 +58,7 @@ class ModelConfig:
     # what model.init=random builds, and what the tiny model is.
     arch: Dict[str, Any] = field(default_factory=dict)
     tokenizer: Optional[str] = None  # "builtin" for the offline tiny tokenizer; else hub id/path
+    trust_remote_code: bool = False  # run the model repository's own Python code (transformers' flag); off unless set
 
 
 @dataclass
@@ -180,6 +186,20 @@ class SamplerConfig:
 
 
 @dataclass
+class AdaLeZOSamplerConfig(SamplerConfig):
+    """sampler=adalezo (zorun/samplers/adalezo.py); defaults from ALGORITHMS.md."""
+
+    name: str = "adalezo"
+    k_ratio: float = 0.2  # draws per step k = max(1, floor(k_ratio * number of layers))
+    tau: float = 0.2  # softmax temperature over the max-normalised EMA rewards
+    gamma: float = 0.01  # uniform floor: every layer keeps probability >= gamma / N
+    ema_alpha: float = 0.1  # EMA rate of the reward |g|
+    ipw_clip: float = 10.0  # cap on 1/(k*p_l); inf: no cap, exactly unbiased
+    interval: int = 1  # redraw the active layers every `interval` steps
+    warm_start: bool = False  # start with the policy biased to the deepest 40% of layers
+
+
+@dataclass
 class BudgetConfig:
     name: str = "demo"
     steps: int = 1000
@@ -188,6 +208,10 @@ class BudgetConfig:
     eval_every: int = 0  # 0: only before and after training
     log_every: int = 10
     time_limit_s: float = 0.0  # 0: no limit; else stop training (status completed) after this
+    checkpoint_every: int = 1000  # steps between checkpoints (0: only when stopped by a signal)
+    keep_checkpoints: int = 2  # the newest k are kept
+    on_nonfinite: NonFinite = NonFinite.skip  # a non-finite loss: the step is undone exactly, then skip or stop
+    max_nonfinite_skips: int = 5  # this many consecutive skipped steps end the run as diverged
 
 
 class WandbMode(str, Enum):
@@ -231,6 +255,7 @@ class RootConfig:
     budget: Any = None
     logger: Any = None
     force: bool = False  # multirun: re-run jobs even when a completed summary.json with the same config exists
+    resume: Optional[str] = None  # a run directory to continue from its last checkpoint (zorun resume=DIR)
 
 
 def register_configs() -> None:
@@ -246,6 +271,7 @@ def register_configs() -> None:
     }.items():
         cs.store(group=f"schema/{group}", name="base", node=node)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
+    cs.store(group="schema/sampler", name="adalezo", node=AdaLeZOSamplerConfig)
     for name, node in ESTIMATOR_SCHEMAS.items():
         cs.store(group="schema/estimator", name=name, node=node)
 
@@ -265,6 +291,10 @@ def validate(cfg: DictConfig) -> None:
     _require(bud.eval_every >= 0, "budget.eval_every", bud.eval_every, "it must be >= 0 (0: only at start and end)")
     _require(bud.log_every >= 1, "budget.log_every", bud.log_every, "it must be >= 1")
     _require(bud.time_limit_s >= 0, "budget.time_limit_s", bud.time_limit_s, "it must be >= 0 (0: none)")
+    _require(bud.checkpoint_every >= 0, "budget.checkpoint_every", bud.checkpoint_every,
+             "it must be >= 0 (0: checkpoint only when stopped)")
+    _require(bud.keep_checkpoints >= 1, "budget.keep_checkpoints", bud.keep_checkpoints, "it must be >= 1")
+    _require(bud.max_nonfinite_skips >= 1, "budget.max_nonfinite_skips", bud.max_nonfinite_skips, "it must be >= 1")
     for split in ("num_train", "num_dev", "num_test"):
         _require(task[split] >= 0, f"task.{split}", task[split], "it must be >= 0")
     _require(task.icl_demos >= 0, "task.icl_demos", task.icl_demos, "it must be >= 0")
@@ -272,10 +302,21 @@ def validate(cfg: DictConfig) -> None:
              f"the demonstrations are the first training examples, and task.num_train={task.num_train}")
     _require(task.max_new_tokens >= 1, "task.max_new_tokens", task.max_new_tokens, "it must be >= 1")
     _require(cfg.model.max_length >= 8, "model.max_length", cfg.model.max_length, "it must be >= 8")
+    if cfg.sampler.name == "adalezo":
+        _validate_adalezo(cfg.sampler)
     if cfg.model.init == ModelInit.random and not cfg.model.arch:
         raise ConfigError(f"model.init=random needs model.arch fields, and model={cfg.model.name} has none")
     if task.name == "local" and not task.path:
         raise ConfigError("task=local needs task.path=FILE.jsonl (one JSON object per line)")
+
+
+def _validate_adalezo(s: DictConfig) -> None:
+    _require(0 < s.k_ratio <= 1, "sampler.k_ratio", s.k_ratio, "it must be in (0, 1]: the fraction of layers drawn per step")
+    _require(s.tau > 0, "sampler.tau", s.tau, "it must be > 0 (large values give a uniform policy)")
+    _require(0 <= s.gamma <= 1, "sampler.gamma", s.gamma, "it must be in [0, 1]")
+    _require(0 < s.ema_alpha <= 1, "sampler.ema_alpha", s.ema_alpha, "it must be in (0, 1]")
+    _require(s.ipw_clip > 0, "sampler.ipw_clip", s.ipw_clip, "it must be > 0 (inf: no clip)")
+    _require(s.interval >= 1, "sampler.interval", s.interval, "it must be >= 1")
 
 
 def _validate_estimator(est: DictConfig) -> None:

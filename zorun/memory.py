@@ -63,7 +63,7 @@ def compare(overrides: List[str]) -> Dict[str, Dict[str, float]]:
     """Each mode in its own process, so neither sees the other's peak."""
     out = {}
     for mode in ("forward", "zo_step"):
-        proc = subprocess.run([sys.executable, "-m", "zorun.memory", "--measure", mode, *overrides],
+        proc = subprocess.run([sys.executable, "-m", "zorun.memory", "--measure", mode, "logger=none", *overrides],
                               capture_output=True, text=True, check=True)
         out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 # Keys that change how a run is logged, not what it computes: not part of its identity.
-NOT_IDENTITY = ("hydra", "logger", "force")
+NOT_IDENTITY = ("hydra", "logger", "force", "resume")
 MAX_DIRNAME = 200  # bytes; most file systems allow 255
 
 
@@ -88,7 +88,10 @@ def skip_if_completed(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     """In a multirun, the summary of a completed job with the same config hash (the job is then skipped).
 
     force=true re-runs it. A job that runs again in a directory holding an
-    earlier attempt (failed, or forced) starts with a fresh metrics.jsonl.
+    earlier attempt (stopped, preempted, failed) resumes from that attempt's
+    newest checkpoint, its logs cut back to that step, or starts afresh
+    without one (see :meth:`zorun.run.Run.setup`); force=true discards the
+    attempt's checkpoints and logs, so the job starts over.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -99,8 +102,12 @@ def skip_if_completed(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     out_dir = Path(hydra_cfg.runtime.output_dir)
     found = None if cfg.force else find_completed(Path(str(hydra_cfg.sweep.dir)), config_hash(cfg))
     if found is None:
-        if (out_dir / "summary.json").exists():
-            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if cfg.force:  # start over: the attempt's checkpoints and per-step logs go
+            import shutil
+
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+            for path in out_dir.glob("*.jsonl"):
+                path.unlink()
         return None
     if found.parent.resolve() != out_dir.resolve():
         from zorun.tracking import write_json_atomic

@@ -15,13 +15,14 @@ from zorun.estimators.lozo import LOZO, LOZOM
 from zorun.estimators.mezo import MeZO
 from zorun.estimators.momentum import ZOMomentum
 from zorun.estimators.sign import ZOSign
+from zorun.samplers.adalezo import AdaLeZOSampler
 from zorun.samplers.base import Sampler
 from zorun.samplers.uniform import UniformSampler
 
 ESTIMATORS: Dict[str, Type[Estimator]] = {
     cls.name: cls for cls in (MeZO, ZOMomentum, ZOSign, ZOAdam, HiZOO, LOZO, LOZOM, FOSGD, FOAdam)
 }
-SAMPLERS: Dict[str, Type[Sampler]] = {"uniform": UniformSampler}
+SAMPLERS: Dict[str, Type[Sampler]] = {"uniform": UniformSampler, "adalezo": AdaLeZOSampler}
 # Samplers whose Plan is every block at scale 1 and weight 1: the only ones a first-order
 # (gradient) estimator can honour, since it has no direction distribution to shape.
 GRADIENT_SAMPLERS = {"uniform"}

@@ -2,7 +2,10 @@
 
 The training loop is plain PyTorch: per step the sampler plans a direction
 distribution, the estimator spends its forward passes and writes the update
-through the kernels, the sampler observes the result, and the step is logged.
+through the kernels, the sampler observes the result, and the step is logged
+(metrics.jsonl, and trajectory.jsonl with what replays the update). The run
+also owns checkpoints and resume, stop signals, and non-finite steps, which it
+undoes bit for bit (see docs/checkpoints.md).
 """
 
 from __future__ import annotations
@@ -18,31 +21,46 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zorun import kernels
+from zorun.checkpoint import (Checkpoint, CheckpointError, Checkpoints, NonFiniteError, all_finite, log_sizes,
+                              rng_state, set_rng_state, truncate_logs)
 from zorun.errors import ZorunError
 from zorun.estimators.schedule import LRSchedule
 from zorun.memory import peak_bytes
-from zorun.multirun import config_hash
+from zorun.multirun import config_hash, identity
 from zorun.models import load_model, load_tokenizer
 from zorun.params import ParamSpace
+from zorun.preemption import StopSignals
 from zorun.registry import build_estimator, build_sampler
+from zorun.replay import replay
 from zorun.tasks import Example, build_task
 from zorun.tasks.scoring import classification_loss, encode, evaluate_classification, evaluate_generation, lm_loss
 from zorun.timing import Clock
 from zorun.tracking import Console, MetricsWriter, write_json_atomic
+from zorun.tracking.files import check_writable
+from zorun.trajectory import NAME as TRAJECTORY
+from zorun.trajectory import RecordingLoss, TrajectoryWriter, read
 from zorun.tracking.wandb_logger import WandbLogger, start_run_logger
 
 log = logging.getLogger(__name__)
 
 
+# Run counters a checkpoint carries (with the loss tail, dev_initial, wall time and phase times).
+RUN_STATE = ("step", "batches_done", "forward_passes", "eval_examples", "skipped_steps", "consecutive_skips", "best")
+
+
 class Run:
-    def __init__(self, cfg: DictConfig, out_dir: str):
+    def __init__(self, cfg: DictConfig, out_dir: str, signals: Optional[StopSignals] = None):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
         self.status = "running"
         self.error: Optional[str] = None
-        self.step = 0
+        self.step = 0  # steps taken, skipped ones included; the next step's index
+        self.batches_done = 0  # the data-order position
         self.forward_passes = 0
         self.backward_passes = 0  # first-order estimators only
+        self.skipped_steps = 0  # undone after a non-finite loss
+        self.consecutive_skips = 0
+        self.losses: List[float] = []  # training losses; a checkpoint keeps the last log_every
         self.train_loss = float("nan")
         self.results: Dict[str, Any] = {"dev_initial": None, "dev": None, "test": None}
         self.best: Optional[Dict[str, Any]] = None  # the step with the best dev metric, and its test
@@ -52,36 +70,186 @@ class Run:
         self.metrics: Optional[MetricsWriter] = None
         self.console = Console(enabled=bool(cfg.logger.progress))
         self.wandb = WandbLogger()
+        self.signals = signals or StopSignals()  # entered by execute(); never set in library use
+        self.checkpoints = Checkpoints(self.out_dir / "checkpoints", cfg.budget.keep_checkpoints)
+        self.saved_step: Optional[int] = None  # the step of this attempt's newest checkpoint
+        self.resumed_from: Optional[int] = None
+        self.trajectory: Optional[TrajectoryWriter] = None
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
+        """Outputs first (a directory that cannot be written fails now, not at the first save), then
+        the model, then the newest checkpoint of the directory, if any: relaunching a run resumes it."""
         cfg = self.cfg
+        check_writable(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoints.discard_partial()
+        latest = self.checkpoints.latest()
+        if latest is None and cfg.resume:
+            raise ZorunError(f"resume={cfg.resume}: {self.checkpoints.root} holds no checkpoint (budget.checkpoint_every=0 "
+                             f"and never stopped by a signal?); start the run afresh without resume=")
+        truncate_logs(self.out_dir, latest.meta["logs"] if latest else {})  # a fresh start empties them
         self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl")
         self.wandb = start_run_logger(cfg, self.out_dir)
         with self.clock("setup"):
             self.task = build_task(cfg.task)  # data problems surface before the model loads
             self.tokenizer = load_tokenizer(cfg.model)
-            self.model = load_model(cfg.model, cfg.seed)
+            self.build_model()
+        self.sampler.open_log(self.out_dir)  # after truncate_logs: a resumed sampler log continues at the checkpoint
+        self.trajectory = TrajectoryWriter(self.out_dir / TRAJECTORY, {
+            "num_blocks": len(self.space), "estimator": cfg.estimator.name, "sampler": cfg.sampler.name})
+        log.info("model %s: %d trainable tensors, %.2fM parameters on %s", cfg.model.name,
+                 len(self.space), self.space.numel / 1e6, self.device)
+        if latest is not None:
+            with self.clock("checkpoint"):
+                self.resume(latest)
+
+    def build_model(self) -> None:
+        """The model as the run starts from it, its trainable blocks, the sampler and the estimator."""
+        cfg = self.cfg
+        self.model = load_model(cfg.model, cfg.seed)
         self.device = next(self.model.parameters()).device
         self.clock.sync_cuda = self.device.type == "cuda"
         self.space = ParamSpace.from_model(self.model)
         log.info(kernels.select(cfg.kernels, self.space))
         self.sampler = build_sampler(cfg, self.space, cfg.seed)
         self.estimator = build_estimator(cfg, self.space)
-        log.info("model %s: %d trainable tensors, %.2fM parameters on %s", cfg.model.name,
-                 len(self.space), self.space.numel / 1e6, self.device)
+
+    # --------------------------------------------------------- checkpoints
+    def comparable_config(self) -> Dict[str, Any]:
+        """What a resume must not change: the config except logging and the budget (batch_size stays)."""
+        ident = identity(self.cfg, drop=("resume",))
+        ident["budget"] = {"batch_size": ident["budget"]["batch_size"]}
+        return ident
+
+    def run_state(self) -> Dict[str, Any]:
+        state = {key: getattr(self, key) for key in RUN_STATE}
+        state.update(losses=self.losses[-self.cfg.budget.log_every:], dev_initial=self.results["dev_initial"],
+                     wall_s=self.wall_s(), time_s=dict(self.clock.totals))
+        return state
+
+    def save_checkpoint(self) -> bool:
+        """Checkpoint the current step (once). False when the parameters are not finite: nothing is written."""
+        if self.saved_step == self.step:
+            return True
+        state = {"estimator": self.estimator.state_dict(), "sampler": self.sampler.state_dict(),
+                 "rng": rng_state(), "run": self.run_state()}
+        try:
+            with self.clock("checkpoint"):
+                meta = {"config": self.comparable_config(), "logs": log_sizes(self.out_dir)}
+                path = self.checkpoints.save(self.step, self.space, meta, state)
+        except NonFiniteError as err:
+            last = self.checkpoints.steps()
+            self.fail("diverged", f"{err}: an update overflowed; lower estimator.lr (last finite checkpoint: "
+                                  f"{last[-1][1] if last else 'none'})")
+            return False
+        self.saved_step = self.step
+        log.info("checkpoint %s", path)
+        return True
+
+    def resume(self, ckpt: Checkpoint) -> None:
+        ckpt.check_model(self.space)
+        saved, mine = ckpt.meta["config"], self.comparable_config()
+        diff = _first_difference(saved, mine)
+        if diff:
+            key, there, here = diff
+            raise CheckpointError(f"checkpoint {ckpt.path} was written with {key}={there}, this run has {key}={here}; "
+                                  f"a resume may change budget.* (not batch_size) and logger.* only, so start a new "
+                                  f"run directory for this change")
+        ckpt.load_params(self.space)
+        state = ckpt.load_state()
+        try:
+            self.estimator.load_state_dict(state["estimator"])
+            self.sampler.load_state_dict(state["sampler"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise CheckpointError(f"checkpoint {ckpt.path}: estimator/sampler state does not load "
+                                  f"({type(err).__name__}: {err})") from err
+        set_rng_state(state["rng"])
+        run = state["run"]
+        for key in RUN_STATE:
+            setattr(self, key, run[key])
+        self.losses = list(run["losses"])
+        self.results["dev_initial"] = run["dev_initial"]
+        self.start_time -= run["wall_s"]
+        for phase, seconds in run["time_s"].items():
+            self.clock.totals[phase] = self.clock.totals.get(phase, 0.0) + seconds
+        self.resumed_from = self.saved_step = ckpt.step
+        log.info("resumed from %s at step %d", ckpt.path, ckpt.step)
+
+    # ------------------------------------------------------ non-finite steps
+    def restore_exactly(self, step: int) -> None:
+        """θ and the estimator state as they were before `step`, bit for bit: the newest checkpoint (or the
+        base model) plus the trajectory log replayed since.
+
+        Undoing the probe by re-adding ε·z is not exact in floating point
+        ((θ + a) − a ≠ θ when |a| ≫ |θ|), and a copy of θ taken before each
+        step would double the memory; replay is exact and costs only perturb
+        and update passes, and only when a step goes wrong.
+        """
+        latest = self.checkpoints.latest()
+        with self.clock("checkpoint"):
+            if latest is not None:
+                latest.load_params(self.space)
+                self.estimator.load_state_dict(latest.load_state()["estimator"])
+            else:
+                self.load_base_params()
+                self.estimator = build_estimator(self.cfg, self.space)
+            _, records = read(self.trajectory.path)
+        replay(self.estimator, records, len(self.space), latest.step if latest else 0, step, self.clock)
+
+    def load_base_params(self) -> None:
+        """The trainable tensors of the model as loaded at the start (pretrained weights are read on the CPU;
+        a random init is redrawn on the run's device, whose generator made it)."""
+        cfg = self.cfg.model.copy()
+        if str(getattr(cfg.init, "value", cfg.init)) == "pretrained":
+            cfg.device = "cpu"
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda):  # load_model seeds the global generators
+            base = ParamSpace.from_model(load_model(cfg, self.cfg.seed))
+        with torch.no_grad():
+            for mine, theirs in zip(self.space.blocks, base.blocks):
+                mine.tensor.copy_(theirs.tensor)
+
+    def undo_nonfinite(self, values: List[float]) -> bool:
+        """Restore the step exactly and log it; False when the run must stop (status diverged)."""
+        budget, t = self.cfg.budget, self.step
+        action = _value(budget.on_nonfinite)
+        if not getattr(self.estimator, "differentiable", False):  # first-order estimators leave θ untouched
+            self.restore_exactly(t)
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        n = self.consecutive_skips
+        self.write_record({"step": t + 1, "nonfinite": [float(v) for v in values], "action": action,
+                           "wall_s": self.wall_s()})
+        bad = all_finite(self.space)
+        if bad is not None:
+            self.fail("diverged", f"the parameters were already non-finite before step {t} ('{bad}'): an update "
+                                  f"overflowed; lower estimator.lr")
+        elif action == "stop":
+            self.fail("diverged", f"non-finite loss at step {t}; parameters restored exactly; lower estimator.lr or "
+                                  f"estimator.eps (budget.on_nonfinite=skip skips such steps)")
+        elif n >= budget.max_nonfinite_skips:
+            self.fail("diverged", f"{n} consecutive non-finite losses (steps {t - n + 1}..{t}); parameters restored "
+                                  f"exactly to before step {t - n + 1}; lower estimator.lr or estimator.eps")
+        else:
+            log.warning("non-finite loss at step %d: skipped, parameters restored exactly (%d in a row, %d allowed)",
+                        t, n, budget.max_nonfinite_skips)
+            return True
+        return False
 
     # ------------------------------------------------------------------- data
-    def batches(self) -> Iterator[List[Example]]:
-        """Reshuffled every epoch with a generator seeded by (seed, epoch): reproducible order."""
+    def batches(self, start: int = 0) -> Iterator[List[Example]]:
+        """Reshuffled every epoch with a generator seeded by (seed, epoch): reproducible order, and
+        resumable at any position (`start` batches already consumed) without replaying the data."""
         train, bs = self.task.train, self.cfg.budget.batch_size
-        epoch = 0
+        starts = range(0, max(len(train) - bs, 0) + 1, bs)  # drop the last partial batch
+        epoch, skip = divmod(start, len(starts))
         while True:
             gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
             order = torch.randperm(len(train), generator=gen).tolist()
-            for start in range(0, max(len(order) - bs, 0) + 1, bs):  # drop the last partial batch
-                yield [train[i] for i in order[start : start + bs]]
+            for begin in starts[skip:]:
+                yield [train[i] for i in order[begin : begin + bs]]
+            skip = 0
             epoch += 1
 
     def make_loss(self, batch: List[Example], differentiable: bool = False):
@@ -134,45 +302,41 @@ class Run:
     def train(self) -> None:
         cfg, budget = self.cfg, self.cfg.budget
         schedule = LRSchedule.from_config(cfg.estimator, budget.steps)
-        self.results["dev_initial"] = self.evaluate("dev")
-        log.info("dev before training: %s", self.results["dev_initial"])
-        batches = self.batches()
-        losses: List[float] = []
+        if self.results["dev_initial"] is None and self.signals.received is None:
+            self.results["dev_initial"] = self.evaluate("dev")
+            log.info("dev before training: %s", self.results["dev_initial"])
+        batches = self.batches(self.batches_done)
         self.console.start(budget.steps, f"{cfg.estimator.name}/{cfg.sampler.name}")
         try:
-            while self.step < budget.steps:
-                batch = next(batches)
-                loss_fn = self.make_loss(batch, differentiable=self.estimator.differentiable)
+            while self.step < budget.steps and self.signals.received is None:
                 lr = schedule(self.step)
-                with self.clock("sampler"):
-                    plan = self.sampler.plan(self.step)
-                result = self.estimator.step(plan, loss_fn, lr, self.clock)
-                self.forward_passes += result.forward_passes
-                self.backward_passes += result.backward_passes
-                if not result.finite:
-                    self.status = "diverged"
-                    self.error = f"non-finite loss at step {self.step}; parameters restored; lower estimator.lr or eps"
-                    break
-                with self.clock("sampler"):
-                    self.sampler.observe(plan, result)
-                self.step += 1
-                losses.append(result.loss)
+                proceed, result = self.train_step(next(batches), lr)
                 self.console.advance(result.loss)
                 if self.step % budget.log_every == 0 or self.step == budget.steps:
-                    self.log_step(losses[-budget.log_every:], lr, result)
+                    self.log_step(self.losses[-budget.log_every:], lr, result)
+                if not proceed:
+                    break
                 if budget.eval_every and self.step % budget.eval_every == 0 and self.step < budget.steps:
                     dev = self.evaluate("dev")
                     record = {"step": self.step, "dev": dev, "wall_s": self.wall_s()}
                     if self.select(dev):
                         record["test"] = self.best["test"]
                     self.write_record(record)
+                if budget.checkpoint_every and self.step % budget.checkpoint_every == 0 and not self.save_checkpoint():
+                    break
                 if budget.time_limit_s and self.wall_s() >= budget.time_limit_s:
                     log.info("budget.time_limit_s=%s reached at step %d", budget.time_limit_s, self.step)
                     break
         finally:
             self.console.stop()
-        tail = losses[-max(1, min(len(losses), budget.log_every)):]
+        tail = self.losses[-max(1, min(len(self.losses), budget.log_every)):]
         self.train_loss = sum(tail) / len(tail) if tail else float("nan")
+        if self.signals.received is not None and self.status == "running":
+            self.fail("stopped", f"stopped by {self.signals.name} at step {self.step}")
+            self.save_checkpoint()  # always, whatever budget.checkpoint_every: the work so far must survive
+            return
+        if budget.checkpoint_every:
+            self.save_checkpoint()  # the final (or, diverged, the restored) parameters; a relaunch re-evaluates
         # no step taken (budget.steps=0: zero-shot / ICL evaluation): the model is the one just evaluated
         self.results["dev"] = self.evaluate("dev") if self.step else self.results["dev_initial"]
         self.results["test"] = self.evaluate("test")
@@ -180,10 +344,33 @@ class Run:
         if self.status == "running":
             self.status = "completed"
 
+    def train_step(self, batch: List[Example], lr: float):
+        """One step on one batch: (whether to go on, the estimator's result). A non-finite loss is undone."""
+        self.batches_done += 1
+        loss_fn = RecordingLoss(self.make_loss(batch, differentiable=self.estimator.differentiable))
+        with self.clock("sampler"):
+            plan = self.sampler.plan(self.step)
+        result = self.estimator.step(plan, loss_fn, lr, self.clock)
+        self.forward_passes += result.forward_passes
+        self.backward_passes += result.backward_passes
+        self.trajectory.step(self.step, plan, lr, loss_fn.values, result.grad, skip=not result.finite)
+        if result.finite:
+            with self.clock("sampler"):
+                self.sampler.observe(plan, result)
+            self.consecutive_skips = 0
+            self.losses.append(result.loss)
+            proceed = True
+        else:
+            proceed = self.undo_nonfinite(loss_fn.values)
+        self.step += 1
+        return proceed, result
+
     def wall_s(self) -> float:
         return time.perf_counter() - self.start_time
 
     def log_step(self, recent: List[float], lr: float, result) -> None:
+        if not recent:
+            return
         record = {"step": self.step, "loss": sum(recent) / len(recent), "lr": lr, "grad": result.grad,
                   "wall_s": self.wall_s(), "forward_passes": self.forward_passes}
         record.update(self.sampler.log_record())
@@ -210,6 +397,8 @@ class Run:
             "sampler": self.cfg.sampler.name,
             "seed": self.cfg.seed,
             "steps": self.step,
+            "skipped_steps": self.skipped_steps,
+            "resumed_from": self.resumed_from,
             "forward_passes": self.forward_passes,
             "backward_passes": self.backward_passes,
             "train_loss": self.train_loss,
@@ -234,6 +423,10 @@ class Run:
             write_json_atomic(self.out_dir / "summary.json", summary)
             if self.metrics is not None:
                 self.metrics.close()
+            if self.trajectory is not None:
+                self.trajectory.close()
+            if getattr(self, "sampler", None) is not None:
+                self.sampler.close()
             self.wandb.summary(summary)
             self.console.summary(summary, str(self.out_dir))
         finally:
@@ -241,30 +434,56 @@ class Run:
         return summary
 
 
+def _value(option: Any) -> Any:
+    """An enum option's value (configs composed by Hydra hold Enum members, reloaded YAML plain strings)."""
+    return getattr(option, "value", option)
+
+
+def _first_difference(a: Any, b: Any, key: str = ""):
+    """(dotted key, a's value, b's value) of the first difference between two config trees, else None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+            if found:
+                return found
+        return None
+    return None if a == b else (key, a, b)
+
+
 def execute(cfg: DictConfig) -> Dict[str, Any]:
-    """Hydra's task function: run, always write summary.json, map failures to exit codes."""
+    """Hydra's task function: run, always write summary.json, map failures to exit codes.
+
+    Exit codes: 2 a usage or data error, 3 diverged, 128 + signal number when
+    stopped by a signal (143 for SIGTERM, 130 for SIGINT) after its checkpoint.
+    """
     from hydra.core.hydra_config import HydraConfig
 
-    run = Run(cfg, HydraConfig.get().runtime.output_dir)
-    exit_code = 0
-    try:
-        run.setup()
-        run.train()
-    except ZorunError as err:
-        run.fail("failed", str(err))
-        print(f"zorun: error: {err}", file=sys.stderr)
-        exit_code = 2
-    except KeyboardInterrupt:
-        run.fail("stopped", f"interrupted at step {run.step}")
-        exit_code = 130
-    except Exception as err:  # a bug: keep the traceback, but never lose the summary
-        run.fail("failed", f"{type(err).__name__}: {err}")
-        run.cleanup()
-        raise
-    summary = run.cleanup()
+    with StopSignals() as signals:
+        run = Run(cfg, HydraConfig.get().runtime.output_dir, signals)
+        exit_code = 0
+        try:
+            run.setup()
+            run.train()
+        except ZorunError as err:
+            run.fail("failed", str(err))
+            print(f"zorun: error: {err}", file=sys.stderr)
+            exit_code = 2
+        except KeyboardInterrupt:  # a second signal: stop at once, no checkpoint
+            run.fail("stopped", f"interrupted at step {run.step}")
+            exit_code = 130
+        except Exception as err:  # a bug: keep the traceback, but never lose the summary
+            run.fail("failed", f"{type(err).__name__}: {err}")
+            run.cleanup()
+            raise
+        summary = run.cleanup()
     if summary["status"] == "diverged":
         print(f"zorun: error: {summary['error']}", file=sys.stderr)
         exit_code = 3
+    elif summary["status"] == "stopped" and signals.received is not None and not exit_code:
+        print(f"zorun: {summary['error']}; checkpoint saved; continue with: zorun resume={run.out_dir}",
+              file=sys.stderr)
+        exit_code = signals.exit_code
+        signals.hand_over()  # e.g. submitit: requeue the job, which resumes from the checkpoint
     if exit_code:
         sys.exit(exit_code)
     return summary

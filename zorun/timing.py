@@ -1,4 +1,4 @@
-"""Wall-clock split of a run: setup, then every step into forward, perturb, update, sampler, eval, other."""
+"""Wall-clock split of a run: setup, then every step into forward, perturb, update, sampler, eval, checkpoint, other."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Dict
 
 import torch
 
-PHASES = ("setup", "forward", "perturb", "update", "sampler", "eval", "other")
+PHASES = ("setup", "forward", "perturb", "update", "sampler", "eval", "checkpoint", "other")
 
 
 class Clock:

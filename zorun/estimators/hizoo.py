@@ -45,7 +45,7 @@ import torch
 
 from zorun.errors import ConfigError
 from zorun.estimators.base import Estimator, StepResult, copy_into, fp32_like, nbytes
-from zorun.kernels.reference import CHUNK, _one_thread, z_chunks
+from zorun.kernels.reference import CHUNK, z_chunks
 from zorun.plan import Plan
 
 _scratch: Dict[torch.device, torch.Tensor] = {}
@@ -81,8 +81,7 @@ class HiZOO(Estimator):
     @torch.no_grad()
     def _pass(self, plan: Plan, alpha: float, update=None) -> None:
         """θ_b += α·s_b·z/√H_b; with update=(g, c, lr, decay) also H ← (1−a)H + a·(c/s²)·H·z² and the θ step."""
-        with _one_thread():  # small per-chunk ops, like the reference kernels'
-            self._blocks(plan, alpha, update)
+        self._blocks(plan, alpha, update)
 
     def _blocks(self, plan: Plan, alpha: float, update) -> None:
         for i, b in enumerate(plan.blocks.tolist()):

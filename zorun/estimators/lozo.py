@@ -42,7 +42,7 @@ import torch
 
 from zorun import kernels
 from zorun.estimators.base import ZOEstimator, copy_into, fp32_like, nbytes
-from zorun.kernels.reference import CHUNK, _one_thread
+from zorun.kernels.reference import CHUNK
 from zorun.plan import Plan, mix_seed
 
 _U_STREAM, _V_STREAM = 2, 3  # sub-streams: mix_seed(seed, block, stream)
@@ -68,13 +68,12 @@ def lowrank_update_(theta: torch.Tensor, a: torch.Tensor, v: torch.Tensor, keep:
     """θ ← keep·θ + alpha·A·Vᵀ for θ viewed as m×n, in row chunks of about CHUNK elements (fp32 arithmetic)."""
     mat = theta.data.view(theta.shape[0], -1)
     rows = max(1, CHUNK // mat.shape[1])
-    with _one_thread():  # small per-chunk ops, like the reference kernels'
-        for start in range(0, mat.shape[0], rows):
-            view = mat[start : start + rows]
-            if view.dtype == torch.float32:
-                view.addmm_(a[start : start + rows], v.t(), beta=keep, alpha=alpha)
-            else:
-                view.copy_(torch.addmm(view.float(), a[start : start + rows], v.t(), beta=keep, alpha=alpha))
+    for start in range(0, mat.shape[0], rows):
+        view = mat[start : start + rows]
+        if view.dtype == torch.float32:
+            view.addmm_(a[start : start + rows], v.t(), beta=keep, alpha=alpha)
+        else:
+            view.copy_(torch.addmm(view.float(), a[start : start + rows], v.t(), beta=keep, alpha=alpha))
 
 
 class LOZO(ZOEstimator):

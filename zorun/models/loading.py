@@ -39,6 +39,9 @@ def _source(cfg: DictConfig) -> str:
 
 
 def _offline_hint(cfg: DictConfig, what: str, err: Exception) -> ZorunError:
+    if "trust_remote_code" in str(err):  # the repository ships Python code; transformers refuses to run it
+        return ZorunError(f"model={cfg.name} ({_source(cfg)}) needs its repository's own Python code to load; "
+                          f"read that code, then set model.trust_remote_code=true to run it")
     return ZorunError(
         f"cannot load the {what} of model={cfg.name} ({_source(cfg)}) from the local cache or the hub "
         f"({type(err).__name__}); download it where there is network and pass model.path=/local/copy, "
@@ -59,7 +62,8 @@ def load_model(cfg: DictConfig, seed: int) -> torch.nn.Module:
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(_source(cfg), dtype=dtype).to(device)
+            model = AutoModelForCausalLM.from_pretrained(_source(cfg), dtype=dtype,
+                                                         trust_remote_code=cfg.trust_remote_code).to(device)
         except (OSError, ValueError) as err:
             raise _offline_hint(cfg, "weights", err) from err
     model.eval()  # ZO probes are deterministic forwards: no dropout (as MeZO)
@@ -71,7 +75,7 @@ def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
         return build_tiny_tokenizer()
     source = cfg.tokenizer or (cfg.path if cfg.path else cfg.hf_id)
     try:
-        tok = AutoTokenizer.from_pretrained(source)
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as err:
         if str(getattr(cfg.init, "value", cfg.init)) == "random":
             log.warning("tokenizer of %s unavailable offline; random-init run uses the built-in tokenizer", cfg.name)

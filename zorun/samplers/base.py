@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict
 
 from omegaconf import DictConfig
@@ -33,6 +34,12 @@ class Sampler:
     def log_record(self) -> Dict[str, Any]:
         """Per-step scalars for metrics.jsonl; default: none."""
         return {}
+
+    def open_log(self, out_dir: Path) -> None:
+        """Start a per-step log of the sampler's own in the run directory (default: none)."""
+
+    def close(self) -> None:
+        """Flush and close what open_log opened."""
 
     def state_dict(self) -> Dict[str, Any]:
         return {}

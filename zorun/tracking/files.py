@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
@@ -43,3 +44,28 @@ class MetricsWriter:
 
     def close(self) -> None:
         self._fh.close()
+
+
+def check_writable(directory: Path) -> None:
+    """Create and remove a file in `directory` (or its nearest existing parent, which Hydra will create it in).
+
+    A real write, not os.access: root passes access checks on read-only
+    mounts and permission bits alike, and a run must fail at start-up, not
+    at its first checkpoint hours later.
+    """
+    from zorun.errors import ZorunError
+
+    directory = Path(directory)
+    target = directory
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    if not target.is_dir():
+        raise ZorunError(f"output directory {directory} cannot be created: {target} is a file; "
+                         f"choose another with hydra.run.dir=PATH")
+    try:
+        fd, name = tempfile.mkstemp(dir=target, prefix=".zorun-write-test-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise ZorunError(f"output directory {directory} is not writable ({err.strerror or type(err).__name__}: "
+                         f"{target}); choose another with hydra.run.dir=PATH") from err

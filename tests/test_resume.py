@@ -1,0 +1,213 @@
+"""Kill and resume: a stopped, SIGTERMed or SIGKILLed run, resumed, ends bit for bit where an uninterrupted one does.
+
+The uninterrupted baselines run in this process; the interrupted runs are real
+`python -m zorun` subprocesses that receive real signals. Compared: every
+trainable tensor of the final checkpoint (torch.equal, i.e. bit for bit on CPU
+float32), the summary's metrics, and metrics.jsonl without wall times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from zorun import registry
+from zorun.checkpoint import PARAMS, Checkpoints
+from zorun.cli import CONF_DIR
+from zorun.estimators.mezo import MeZO
+from zorun.run import Run
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["budget=smoke", "budget.batch_size=2", "budget.log_every=1", "task.num_train=32", "task.num_dev=8",
+        "task.num_test=8", "logger=none", "logger.progress=false"]
+METRICS = ("status", "steps", "skipped_steps", "forward_passes", "train_loss", "dev_initial", "dev", "test", "best")
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=[*FAST, *overrides])
+
+
+def run_here(run_dir: Path, *overrides: str, hook=None) -> tuple[Run, dict]:
+    """A whole run in this process (setup, train, cleanup), with .hydra/config.yaml as the CLI writes it."""
+    cfg = compose_cfg(*overrides)
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    run = Run(cfg, str(run_dir))
+    run.setup()
+    if hook:
+        hook(run)
+    run.train()
+    return run, run.cleanup()
+
+
+def stop_at(step: int):
+    """A hook that raises the stop flag (as the SIGTERM handler does) once `step` steps are done."""
+    def hook(run: Run) -> None:
+        inner = run.train_step
+
+        def train_step(*args):
+            out = inner(*args)
+            if run.step == step:
+                run.signals.received = signal.SIGTERM
+            return out
+
+        run.train_step = train_step
+    return hook
+
+
+def final_params(run_dir: Path) -> dict:
+    steps = Checkpoints(run_dir / "checkpoints", keep=1).steps()
+    return load_file(str(steps[-1][1] / PARAMS))
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    pa, pb = final_params(a), final_params(b)
+    assert pa.keys() == pb.keys()
+    for name in pa:
+        assert torch.equal(pa[name], pb[name]), f"{name} differs"
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert {k: sa[k] for k in METRICS} == {k: sb[k] for k in METRICS}
+    def records(d):
+        return [{k: v for k, v in json.loads(line).items() if k != "wall_s"}
+                for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert records(a) == records(b)
+    assert (a / "trajectory.jsonl").read_text() == (b / "trajectory.jsonl").read_text()
+
+
+def start_cli(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "zorun", *FAST, *overrides, f"hydra.run.dir={run_dir}"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_steps(proc: subprocess.Popen, run_dir: Path, steps: int, timeout: float = 120.0) -> None:
+    log = run_dir / "trajectory.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and log.read_text().count("\n") > steps:  # header + steps
+            return
+        assert proc.poll() is None, f"the run ended before step {steps}: {proc.stderr.read()}"
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError(f"no step {steps} within {timeout} s")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from more threads, and the subprocesses here share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+LONG = ["budget.steps=80", "budget.checkpoint_every=15"]
+
+
+def test_sigterm_and_sigkill_then_resume_equal_an_uninterrupted_run(tmp_path):
+    term_dir, kill_dir = tmp_path / "term", tmp_path / "kill"
+    term, kill = start_cli(term_dir, *LONG), start_cli(kill_dir, *LONG)
+
+    wait_for_steps(term, term_dir, 8)
+    term.send_signal(signal.SIGTERM)
+    wait_for_steps(kill, kill_dir, 20)
+    kill.send_signal(signal.SIGKILL)
+    _, err = term.communicate(timeout=120)
+    kill.communicate(timeout=60)
+
+    assert term.returncode == 128 + signal.SIGTERM, err
+    stopped = json.loads((term_dir / "summary.json").read_text())
+    assert stopped["status"] == "stopped" and 8 <= stopped["steps"] < 80, stopped
+    assert err.strip().splitlines()[-1].startswith(f"zorun: stopped by SIGTERM at step {stopped['steps']}")
+    assert Checkpoints(term_dir / "checkpoints", 1).steps()[-1][0] == stopped["steps"]  # saved on the way out
+
+    assert kill.returncode == -signal.SIGKILL
+    saved = [step for step, _ in Checkpoints(kill_dir / "checkpoints", 1).steps()]
+    killed_at = (kill_dir / "trajectory.jsonl").read_text().count("\n") - 1
+    assert saved and saved[-1] % 15 == 0 and saved[-1] <= killed_at < 80
+
+    run_here(tmp_path / "whole", *LONG)
+    for d, start in ((term_dir, stopped["steps"]), (kill_dir, saved[-1])):  # resume: relaunch into the directory
+        run, summary = run_here(d, *LONG)
+        assert summary["status"] == "completed" and summary["resumed_from"] == start
+        assert not list((d / "checkpoints").glob(".tmp-*"))
+        assert_same_run(tmp_path / "whole", d)
+
+
+class ToyAdaGrad(MeZO):
+    """Test-only stateful estimator: MeZO whose lr is divided by sqrt(1 + Σ g²) over past steps (a tensor state)."""
+
+    name = "toy-adagrad"
+
+    def __init__(self, cfg, space):
+        super().__init__(cfg, space)
+        self.sum_sq = torch.zeros((), dtype=torch.float64)
+        self.steps = 0
+
+    def step(self, plan, loss, lr, clock):
+        result = super().step(plan, loss, lr / float(torch.sqrt(1 + self.sum_sq)), clock)
+        if result.finite:
+            self.sum_sq += result.grad ** 2
+            self.steps += 1
+        return result
+
+    def state_dict(self):
+        return {"sum_sq": self.sum_sq.clone(), "steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.sum_sq, self.steps = state["sum_sq"].clone(), int(state["steps"])
+
+
+@pytest.fixture
+def toys(monkeypatch):
+    """A stateful estimator (until zo-adam lands on main) with adalezo (a stateful sampler with a generator)."""
+    monkeypatch.setitem(registry.ESTIMATORS, "toy-adagrad", ToyAdaGrad)
+    return ["estimator.name=toy-adagrad", "sampler=adalezo", "estimator.lr=2e-3"]
+
+
+@pytest.mark.parametrize("combo", ["toys", "mezo-one-sided-q2"])
+def test_stop_and_resume_with_state_equals_uninterrupted(tmp_path, toys, combo):
+    """A stateful estimator with adalezo (their state_dicts must round-trip), and one-sided MeZO with q=2."""
+    extra = toys if combo == "toys" else ["estimator.one_sided=true", "estimator.q=2"]
+    common = ["budget.steps=24", "budget.checkpoint_every=10", "budget.eval_every=8", *extra]
+    run_here(tmp_path / "whole", *common)
+    _, stopped = run_here(tmp_path / "cut", *common, hook=stop_at(13))
+    assert stopped["status"] == "stopped" and stopped["steps"] == 13 and stopped["dev"] is None
+    run, resumed = run_here(tmp_path / "cut", *common)
+    assert resumed["resumed_from"] == 13 and run.batches_done == 24
+    assert_same_run(tmp_path / "whole", tmp_path / "cut")
+    if combo == "toys":  # the state mattered: without restoring it the parameters would differ
+        assert run.estimator.steps == 24 and float(run.estimator.sum_sq) > 0 and run.sampler.observed == 24
+        assert (tmp_path / "whole" / "adalezo.jsonl").read_text() == (tmp_path / "cut" / "adalezo.jsonl").read_text()
+
+
+def test_resume_refuses_a_changed_config_and_a_missing_checkpoint(tmp_path, capsys):
+    from zorun.checkpoint import CheckpointError
+    from zorun.errors import ZorunError
+
+    run_here(tmp_path, "budget.steps=3", "budget.checkpoint_every=3")
+    cfg = compose_cfg("budget.steps=3", "estimator.lr=0.5")
+    with pytest.raises(CheckpointError) as err:
+        Run(cfg, str(tmp_path)).setup()
+    msg = str(err.value)
+    assert "\n" not in msg and "estimator.lr=" in msg and "new run directory" in msg
+
+    extended, summary = run_here(tmp_path, "budget.steps=5", "budget.checkpoint_every=3")  # budget may change
+    assert summary["resumed_from"] == 3 and summary["steps"] == 5
+
+    empty = tmp_path / "empty"
+    with pytest.raises(ZorunError, match="holds no checkpoint"):
+        Run(compose_cfg(f"resume={empty}"), str(empty)).setup()

@@ -1,0 +1,117 @@
+"""Rebuild parameters from a starting point plus the trajectory log, and the `zorun-replay` command.
+
+`zorun-replay RUN_DIR` loads the run's base model (its saved config), replays
+every logged step through the run's estimator with the logged loss values,
+writes the parameters to ``RUN_DIR/replayed.safetensors`` and compares them
+with the checkpoint of the same step when there is one. The estimator makes
+exactly the kernel calls it made in training, so on the device and kernel
+backend the run used the result is bit for bit the trained parameters; no
+forward pass runs, so a replay costs the perturb and update passes only.
+The same mechanism undoes a non-finite step exactly inside a run
+(:meth:`zorun.run.Run.restore_exactly`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+from omegaconf import OmegaConf
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from zorun.errors import ZorunError
+from zorun.timing import Clock
+from zorun.trajectory import NAME, ReplayError, ScriptedLoss, decode_plan, read, steps_between
+
+
+def replay(estimator, records: List[Dict[str, Any]], num_blocks: int, start: int, stop: int, clock: Clock) -> int:
+    """Apply the logged steps start <= step < stop through `estimator`; returns how many were applied."""
+    if getattr(estimator, "differentiable", False):
+        raise ReplayError(f"estimator={estimator.name} is first-order: its updates are not a function of logged "
+                          f"loss values, so its trajectory cannot be replayed")
+    applied = 0
+    for record in steps_between(records, start, stop):
+        oracle = ScriptedLoss(record["losses"], record["step"])
+        result = estimator.step(decode_plan(record, num_blocks), oracle, record["lr"], clock)
+        logged = record["grad"]
+        if oracle.calls != len(oracle.values) or not result.finite or logged is None or result.grad != logged:
+            raise ReplayError(f"step {record['step']}: the replayed projected gradient {result.grad!r} differs from "
+                              f"the logged {logged!r}; the log was written with another estimator or config")
+        applied += 1
+    return applied
+
+
+def compare(space, checkpoint_params: Path) -> float:
+    """Largest absolute difference between the model's trainable tensors and a checkpoint's."""
+    worst = 0.0
+    with safe_open(str(checkpoint_params), framework="pt") as f:
+        for b in space.blocks:
+            saved = f.get_tensor(b.name).to(b.tensor.device)
+            worst = max(worst, float((saved.double() - b.tensor.detach().double()).abs().max()))
+    return worst
+
+
+def run_replay(run_dir: Path, steps: int | None, out: Path | None, device: str | None, atol: float) -> int:
+    from zorun.checkpoint import PARAMS, Checkpoints
+    from zorun.run import Run
+
+    config_path = run_dir / ".hydra" / "config.yaml"
+    if not config_path.is_file():
+        raise ZorunError(f"{run_dir} has no .hydra/config.yaml; point zorun-replay at a zorun run directory")
+    cfg = OmegaConf.load(config_path)  # YAML's safe loader: data only
+    if device:
+        cfg.model.device = device
+    header, records = read(run_dir / NAME)
+    stop = steps if steps is not None else (records[-1]["step"] + 1 if records else 0)
+    run = Run(cfg, str(run_dir))
+    started = time.perf_counter()
+    run.build_model()
+    if header["num_blocks"] != len(run.space):
+        raise ReplayError(f"the log has {header['num_blocks']} blocks, model={cfg.model.name} has {len(run.space)}")
+    applied = replay(run.estimator, records, len(run.space), 0, stop, Clock())
+    seconds = time.perf_counter() - started
+    out = out or run_dir / "replayed.safetensors"
+    save_file({b.name: b.tensor.detach().cpu().contiguous() for b in run.space.blocks}, str(out),
+              metadata={"replayed_steps": str(stop)})
+    log_bytes = (run_dir / NAME).stat().st_size
+    per_1000 = log_bytes / max(stop, 1) * 1000
+    print(f"zorun-replay: {applied} updates of steps 0..{stop - 1} ({stop - applied} skipped) from the base model "
+          f"in {seconds:.1f} s -> {out}")
+    print(f"trajectory log: {log_bytes} bytes ({per_1000:.0f} bytes per 1,000 steps)")
+    match = {step: path for step, path in Checkpoints(run_dir / "checkpoints", keep=1).steps()}.get(stop)
+    if match is None:
+        print(f"no checkpoint at step {stop} to compare with")
+        return 0
+    diff = compare(run.space, match / PARAMS)
+    size = (match / PARAMS).stat().st_size
+    verdict = "equal bit for bit" if diff == 0 else f"max |difference| {diff:.3g}"
+    print(f"checkpoint {match.name}: params {size} bytes; replayed parameters: {verdict}")
+    return 0 if diff <= atol and math.isfinite(diff) else 1
+
+
+def main(argv: List[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="zorun-replay", description=__doc__.split("\n\n")[1])
+    parser.add_argument("run_dir", type=Path, help="a zorun run directory (with .hydra/ and trajectory.jsonl)")
+    parser.add_argument("--steps", type=int, default=None, help="replay steps 0..N-1 only (default: all logged)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the parameters "
+                                                               "(default: RUN_DIR/replayed.safetensors)")
+    parser.add_argument("--device", default=None, help="override model.device (the run's by default)")
+    parser.add_argument("--atol", type=float, default=0.0,
+                        help="allowed max |difference| to the checkpoint (default 0: bit for bit)")
+    args = parser.parse_args(argv)
+    try:
+        code = run_replay(args.run_dir, args.steps, args.out, args.device, args.atol)
+    except ZorunError as err:
+        print(f"zorun-replay: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

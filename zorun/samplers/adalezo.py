@@ -1,0 +1,181 @@
+"""sampler=adalezo: a bandit picks the layers to perturb; inverse-probability weights keep ĝ unbiased.
+
+AdaLeZO (Wang et al., "Universally Empowering Zeroth-Order Optimization via
+Adaptive Layer-wise Sampling", ACL Findings 2026), as in ALGORITHMS.md:
+
+    p = (1 − γ)·softmax(ŝ/τ) + γ/N,  ŝ = r / max(r) if max(r) > 1e-6 else r
+    k = max(1, ⌊k_ratio·N⌋) i.i.d. draws from p with replacement; A = distinct layers,
+    c_l = multiplicity;  w_l = min(1/(k·p_l), clip)·c_l  for every block of l ∈ A
+    r_l ← (1 − α)·r_l + α·|g|  for l ∈ A, once per step
+
+The estimator perturbs and updates only the blocks of A (the kernels iterate
+over Plan.blocks), so that work scales with |A|/N, and folds w_l into its
+fused update. Because E[c_l] = k·p_l, E[w_l·1(l ∈ A)] = 1 without the clip:
+E[w_l·g·z_l] is MeZO's E[g·z_l] for every layer, drawn this step or not.
+
+The draws use their own torch.Generator (seeded from the run seed), so a run
+is reproducible and state_dict() captures everything a resume needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from zorun.estimators.base import StepResult
+from zorun.params import ParamSpace
+from zorun.plan import Plan, mix_seed
+from zorun.samplers.base import Sampler
+from zorun.tracking import MetricsWriter
+
+LOG_NAME = "adalezo.jsonl"
+WARM_FRACTION = 0.4  # warm_start favours the deepest 40% of layers (as the authors' code)
+
+
+def depth_prior(num_layers: int) -> torch.Tensor:
+    """Scores of warm_start: 1 for the deepest ⌈0.4·N⌉ layers (head layer included), 0 elsewhere."""
+    prior = torch.zeros(num_layers, dtype=torch.float64)
+    prior[num_layers - math.ceil(WARM_FRACTION * num_layers):] = 1.0
+    return prior
+
+
+def policy(rewards: torch.Tensor, tau: float, gamma: float) -> torch.Tensor:
+    """p = (1 − γ)·softmax(ŝ/τ) + γ/N with ŝ the rewards normalised by their maximum."""
+    top = float(rewards.max())
+    scores = rewards / top if top > 1e-6 else rewards
+    return (1.0 - gamma) * torch.softmax(scores / tau, dim=0) + gamma / rewards.numel()
+
+
+def ipw_weights(probs: torch.Tensor, counts: torch.Tensor, k: int, clip: float) -> torch.Tensor:
+    """w_l = min(1/(k·p_l), clip)·c_l, 0 where c_l = 0; broadcasts over leading dimensions of counts."""
+    ipw = torch.clamp(1.0 / (k * probs), max=clip)
+    return torch.where(counts > 0, ipw * counts, torch.zeros((), dtype=ipw.dtype))
+
+
+@dataclass
+class Draw:
+    """One draw of the active layers, used from `step` until the next redraw."""
+
+    step: int
+    probs: torch.Tensor  # the policy the draw came from (float64, N)
+    counts: torch.Tensor  # c_l: how often each layer was drawn (int64, N)
+
+    def active(self) -> torch.Tensor:
+        return self.counts.nonzero().flatten()
+
+
+class AdaLeZOSampler(Sampler):
+    name = "adalezo"
+
+    def __init__(self, cfg, space: ParamSpace, seed: int):
+        super().__init__(cfg, space, seed)
+        n = space.num_layers
+        self.k = max(1, math.floor(cfg.k_ratio * n))
+        # plain numbers: read every step, and OmegaConf attribute access is slow in a tight loop
+        self.tau, self.gamma, self.alpha = float(cfg.tau), float(cfg.gamma), float(cfg.ema_alpha)
+        self.clip, self.interval = float(cfg.ipw_clip), int(cfg.interval)
+        self.rewards = torch.zeros(n, dtype=torch.float64)
+        self.observed = 0  # steps whose reward has been folded into self.rewards
+        self.prior = depth_prior(n) if cfg.warm_start else None
+        # A stream of its own: mix_seed(seed, -1) is no step's seed (steps are >= 0).
+        self.generator = torch.Generator().manual_seed(mix_seed(seed, -1))
+        self.layer_blocks = [torch.tensor(ids, dtype=torch.long) for ids in space.layer_blocks]
+        self.layer_numel = torch.tensor([sum(space.blocks[b].numel for b in ids) for ids in space.layer_blocks],
+                                        dtype=torch.float64)
+        self.draw: Optional[Draw] = None
+        self.step = -1
+        self.log: Optional[MetricsWriter] = None
+
+    # ---------------------------------------------------------------- policy
+    def probabilities(self) -> torch.Tensor:
+        """The current policy over layers. Before any reward, warm_start uses the depth prior as scores."""
+        scores = self.prior if self.prior is not None and self.observed == 0 else self.rewards
+        return policy(scores, self.tau, self.gamma)
+
+    def weights(self, draw: Draw) -> torch.Tensor:
+        return ipw_weights(draw.probs, draw.counts, self.k, self.clip)
+
+    def redraw(self, step: int) -> Draw:
+        probs = self.probabilities()
+        picks = torch.multinomial(probs, self.k, replacement=True, generator=self.generator)
+        return Draw(step, probs, torch.bincount(picks, minlength=probs.numel()))
+
+    # ------------------------------------------------------------- interface
+    def plan(self, step: int) -> Plan:
+        if self.draw is None or step % self.interval == 0:
+            self.draw = self.redraw(step)
+        self.step = step
+        weights = self.weights(self.draw)
+        active = self.draw.active().tolist()
+        blocks = torch.cat([self.layer_blocks[layer] for layer in active])
+        block_weight = torch.cat([weights[layer].expand(len(self.layer_blocks[layer])) for layer in active])
+        return Plan(seed=self.step_seed(step), blocks=blocks, weight=block_weight.float())
+
+    def observe(self, plan: Plan, result: StepResult) -> None:
+        reward = abs(float(result.grad))
+        if self.prior is not None and self.observed == 0:
+            self.rewards = self.prior * reward  # the depth prior in the units of |g|; fades like any reward
+        active = self.draw.active()
+        self.rewards[active] = (1.0 - self.alpha) * self.rewards[active] + self.alpha * reward
+        self.observed += 1
+        if self.log is not None:
+            self.log.write(self.step_record(result.grad))
+
+    def step_record(self, grad: float) -> Dict[str, Any]:
+        """One line of adalezo.jsonl: the policy of this step's draw, A with c_l and w_l, rewards after the step."""
+        active = self.draw.active()
+        weights = self.weights(self.draw)
+        return {
+            "step": self.step,
+            "probs": _rounded(self.draw.probs),
+            "active": active.tolist(),
+            "counts": self.draw.counts[active].tolist(),
+            "weights": _rounded(weights[active]),
+            "rewards": _rounded(self.rewards),
+            "grad": float(grad),
+        }
+
+    def log_record(self) -> Dict[str, Any]:
+        """For metrics.jsonl: how many layers, and which share of the elements, this step touched."""
+        if self.draw is None:
+            return {}
+        active = self.draw.active()
+        return {"active_layers": int(active.numel()),
+                "active_numel_frac": float(self.layer_numel[active].sum() / self.layer_numel.sum())}
+
+    def open_log(self, out_dir: Path) -> None:
+        self.log = MetricsWriter(Path(out_dir) / LOG_NAME)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> Dict[str, Any]:
+        draw = self.draw
+        return {
+            "rewards": self.rewards.clone(),
+            "observed": self.observed,
+            "generator": self.generator.get_state(),
+            "draw": None if draw is None else {"step": draw.step, "probs": draw.probs.clone(),
+                                               "counts": draw.counts.clone()},
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state["rewards"].numel() != self.rewards.numel():
+            raise ValueError(f"adalezo state has {state['rewards'].numel()} layers, the model has {self.rewards.numel()}")
+        self.rewards = state["rewards"].clone().to(torch.float64)
+        self.observed = int(state["observed"])
+        self.generator.set_state(state["generator"])
+        d = state["draw"]
+        self.draw = None if d is None else Draw(int(d["step"]), d["probs"].clone(), d["counts"].clone())
+
+
+def _rounded(values: torch.Tensor) -> List[float]:
+    """Six significant digits: enough for plots, and keeps a long run's log small."""
+    return [float(f"{v:.6g}") for v in values.tolist()]
