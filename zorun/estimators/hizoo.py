@@ -81,9 +81,6 @@ class HiZOO(Estimator):
     @torch.no_grad()
     def _pass(self, plan: Plan, alpha: float, update=None) -> None:
         """θ_b += α·s_b·z/√H_b; with update=(g, c, lr, decay) also H ← (1−a)H + a·(c/s²)·H·z² and the θ step."""
-        self._blocks(plan, alpha, update)
-
-    def _blocks(self, plan: Plan, alpha: float, update) -> None:
         for i, b in enumerate(plan.blocks.tolist()):
             block = self.space.blocks[b]
             s, w = plan.scale_of(i), plan.weight_of(i)
