@@ -65,11 +65,16 @@ class FirstOrder(Estimator):
         return StepResult(float(value.detach()), norm, 1, backward_passes=1)
 
     def state_dict(self):
-        return {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
+        # checkpoints take str keys only, and torch keys the optimizer state by parameter index
+        opt = self.optimizer.state_dict()
+        return {**super().state_dict(), "optimizer": {
+            "state": {str(k): v for k, v in opt["state"].items()}, "param_groups": opt["param_groups"]}}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.optimizer.load_state_dict(state["optimizer"])
+        opt = state["optimizer"]
+        self.optimizer.load_state_dict({"state": {int(k): v for k, v in opt["state"].items()},
+                                        "param_groups": opt["param_groups"]})
 
 
 class FOSGD(FirstOrder):
