@@ -112,7 +112,7 @@ def test_smoke_multirun_over_all_estimators(cli, tmp_path):
     proc = cli("-m", f"estimator={','.join(names)}", "budget=smoke", "budget.steps=3", "budget.log_every=1",
                "task.num_dev=8", "task.num_test=8", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summaries = {s["estimator"]: s for s in map(read_summary, (p for p in tmp_path.iterdir() if p.is_dir()))}
+    summaries = {s["estimator"]: s for s in map(read_summary, (p for p in tmp_path.iterdir() if (p / "summary.json").is_file()))}
     assert sorted(summaries) == names
     cfg = compose_cfg()
     from zorun.models import load_model

@@ -65,11 +65,16 @@ class FirstOrder(Estimator):
         return StepResult(float(value.detach()), norm, 1, backward_passes=1)
 
     def state_dict(self):
-        return {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
+        """torch.optim's state, keyed by parameter index as str (checkpoints keep string keys)."""
+        opt = self.optimizer.state_dict()
+        opt["state"] = {str(k): v for k, v in opt["state"].items()}
+        return {**super().state_dict(), "optimizer": opt}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.optimizer.load_state_dict(state["optimizer"])
+        opt = dict(state["optimizer"])
+        opt["state"] = {int(k): v for k, v in opt["state"].items()}
+        self.optimizer.load_state_dict(opt)
 
 
 class FOSGD(FirstOrder):
