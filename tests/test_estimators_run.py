@@ -19,14 +19,6 @@ from zorun.errors import ConfigError
 from zorun.registry import ESTIMATORS
 from zorun.run import Run
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared machine it costs many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # lr per estimator for 40 full-batch steps on the tiny model (momentum multiplies the step by
 # ~1/(1−μ); zo-adam's and zo-sign's steps do not scale with |g|; lozo's rank-r directions are longer)

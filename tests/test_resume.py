@@ -105,15 +105,6 @@ def wait_for_steps(proc: subprocess.Popen, run_dir: Path, steps: int, timeout: f
     raise AssertionError(f"no step {steps} within {timeout} s")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and the subprocesses here share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 LONG = ["budget.steps=80", "budget.checkpoint_every=15"]
 
 
