@@ -44,6 +44,15 @@ def cli():
     return run_cli
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine it costs many times over."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # Tiny models gain nothing from a second thread, and on a shared machine OpenMP's
 # spinning threads slow every CLI subprocess down many times over.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -180,8 +180,8 @@ def nan_at(steps):
     def hook(run: Run) -> None:
         make_loss = run.make_loss
 
-        def patched(batch):
-            fn = make_loss(batch)
+        def patched(batch, **kwargs):
+            fn = make_loss(batch, **kwargs)
             return (lambda: float("nan")) if run.step in steps else fn
 
         run.make_loss = patched

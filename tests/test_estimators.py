@@ -33,14 +33,6 @@ from zorun.registry import ESTIMATORS
 from zorun.samplers.uniform import UniformSampler
 from zorun.timing import Clock
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a shared machine it costs many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 ZO = [n for n, cls in ESTIMATORS.items() if not cls.differentiable]
 ALL = list(ESTIMATORS)

@@ -105,15 +105,6 @@ def wait_for_steps(proc: subprocess.Popen, run_dir: Path, steps: int, timeout: f
     raise AssertionError(f"no step {steps} within {timeout} s")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and the subprocesses here share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 LONG = ["budget.steps=80", "budget.checkpoint_every=15"]
 
 
@@ -190,7 +181,7 @@ def test_stop_and_resume_with_state_equals_uninterrupted(tmp_path, toys, combo):
     assert resumed["resumed_from"] == 13 and run.batches_done == 24
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
     if combo == "toys":  # the state mattered: without restoring it the parameters would differ
-        assert run.estimator.steps == 24 and float(run.estimator.sum_sq) > 0 and run.sampler.observed == 24
+        assert float(run.estimator.sum_sq) > 0 and run.sampler.observed == 24
         assert (tmp_path / "whole" / "adalezo.jsonl").read_text() == (tmp_path / "cut" / "adalezo.jsonl").read_text()
 
 

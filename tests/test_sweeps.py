@@ -88,7 +88,7 @@ def test_adhoc_grid_with_sweeper_params_and_sweep_file_expand_alike():
         jobs = job_overrides(["+sweep=smoke", "seed=5,6,7"], True,
                              lambda o, return_hydra_config=False: compose("config", overrides=list(o),
                                                                           return_hydra_config=return_hydra_config))
-    assert len(jobs) == 3  # the command line wins over the file's seed list, as in Hydra
+    assert len(jobs) == 2 * 7 * 3  # samplers x estimators from the file; the command line wins over its seed list, as in Hydra
 
 
 def test_submitit_launcher_composes():

@@ -65,16 +65,16 @@ class FirstOrder(Estimator):
         return StepResult(float(value.detach()), norm, 1, backward_passes=1)
 
     def state_dict(self):
-        # checkpoints take str keys only, and torch keys the optimizer state by parameter index
+        """torch.optim's state, keyed by parameter index as str (checkpoints keep string keys)."""
         opt = self.optimizer.state_dict()
-        return {**super().state_dict(), "optimizer": {
-            "state": {str(k): v for k, v in opt["state"].items()}, "param_groups": opt["param_groups"]}}
+        opt["state"] = {str(k): v for k, v in opt["state"].items()}
+        return {**super().state_dict(), "optimizer": opt}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        opt = state["optimizer"]
-        self.optimizer.load_state_dict({"state": {int(k): v for k, v in opt["state"].items()},
-                                        "param_groups": opt["param_groups"]})
+        opt = dict(state["optimizer"])
+        opt["state"] = {int(k): v for k, v in opt["state"].items()}
+        self.optimizer.load_state_dict(opt)
 
 
 class FOSGD(FirstOrder):
