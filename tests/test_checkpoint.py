@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_llama
-from test_resume import compose_cfg, one_thread, run_here, toys  # noqa: F401  (fixtures: one thread; stateful)
+from test_resume import compose_cfg, run_here, toys  # noqa: F401  (toys: a fixture)
 from zorun import cli as zcli
 from zorun import kernels
 from zorun.checkpoint import (PARAMS, STATE, Checkpoint, CheckpointError, Checkpoints, NonFiniteError, join_tensors,
