@@ -269,3 +269,21 @@ def test_replay_rebuilds_the_trained_parameters_bit_for_bit(tmp_path, capsys, to
     log.write_text("\n".join(lines[:3] + [json.dumps(edit)] + lines[4:]) + "\n")
     with pytest.raises(ReplayError, match="step 2: the replayed projected gradient"):
         run_replay(tmp_path / "mezo", None, None, None, 0.0)
+
+
+def test_plans_round_trip_through_the_log_and_runs_are_packed():
+    from zorun.trajectory import decode_plan, encode_plan
+
+    cases = [Plan(seed=5, blocks=torch.tensor([3, 4, 5, 9, 10, 11, 12]),
+                  weight=torch.tensor([2.5, 2.5, 2.5, 1.25, 1.25, 1.25, 1.25])),
+             Plan(seed=6, blocks=torch.tensor([0, 2, 4]), scale=torch.tensor([0.1, 0.3, 0.7]).float()),
+             Plan(seed=7, blocks=torch.arange(20))]
+    for plan in cases:
+        record = json.loads(json.dumps(encode_plan(plan, 20)))
+        back = decode_plan(record, 20)
+        for field in ("blocks", "scale", "weight"):
+            a, b = getattr(plan, field), getattr(back, field)
+            assert (a is None and b is None) or (torch.equal(a, b) and a.dtype == b.dtype), field
+    assert encode_plan(cases[0], 20)["blocks"] == {"int64": {"ranges": [[3, 3], [9, 4]]}}
+    assert encode_plan(cases[0], 20)["weight"] == {"float32": {"runs": [[2.5, 3], [1.25, 4]]}}
+    assert encode_plan(cases[2], 20) == {"seed": 7}  # every block: nothing but the seed

@@ -211,3 +211,14 @@ def test_resume_refuses_a_changed_config_and_a_missing_checkpoint(tmp_path, caps
     empty = tmp_path / "empty"
     with pytest.raises(ZorunError, match="holds no checkpoint"):
         Run(compose_cfg(f"resume={empty}"), str(empty)).setup()
+
+
+def test_a_fresh_start_empties_only_the_runs_own_logs(tmp_path):
+    """No checkpoint (budget.checkpoint_every=0): a relaunch starts over; other .jsonl files are left alone."""
+    (tmp_path / "data.jsonl").write_text('{"prompt": "mine"}\n')
+    run_here(tmp_path, "budget.steps=2", "budget.checkpoint_every=0")
+    first = (tmp_path / "metrics.jsonl").read_text()
+    run_here(tmp_path, "budget.steps=2", "budget.checkpoint_every=0")
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == first.count("\n") == 2
+    assert (tmp_path / "trajectory.jsonl").read_text().count("\n") == 3  # header + 2 steps, once
+    assert (tmp_path / "data.jsonl").read_text() == '{"prompt": "mine"}\n'

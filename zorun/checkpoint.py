@@ -267,19 +267,22 @@ def _first_line(err: BaseException) -> str:
 
 
 # ----------------------------------------------------------------- logs
-def log_sizes(out_dir: Path) -> Dict[str, int]:
-    """Byte size of every per-step log (*.jsonl) of the run, fsynced: where a resume cuts them back to."""
+def log_sizes(paths: List[Path]) -> Dict[str, int]:
+    """Byte size of each per-step log, fsynced: where a resume cuts them back to."""
     sizes = {}
-    for path in sorted(Path(out_dir).glob("*.jsonl")):
-        _fsync(path)
-        sizes[path.name] = path.stat().st_size
+    for path in paths:
+        if path.exists():
+            _fsync(path)
+            sizes[path.name] = path.stat().st_size
     return sizes
 
 
-def truncate_logs(out_dir: Path, sizes: Dict[str, int]) -> None:
-    """Cut every per-step log back to its size at the checkpoint (0 for a fresh start), dropping what a
+def truncate_logs(paths: List[Path], sizes: Dict[str, int]) -> None:
+    """Cut each per-step log back to its size at the checkpoint (0 for a fresh start), dropping what a
     stopped or killed attempt wrote after it, so the resumed run appends exactly what an uninterrupted one would."""
-    for path in sorted(Path(out_dir).glob("*.jsonl")):
+    for path in paths:
+        if not path.exists():
+            continue
         size = sizes.get(path.name, 0)
         if path.stat().st_size < size:
             raise CheckpointError(f"{path} is shorter ({path.stat().st_size} bytes) than when the checkpoint was "
