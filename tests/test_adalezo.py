@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from zorun.config import AdaLeZOSamplerConfig, EstimatorConfig
+from zorun.config import AdaLeZOSamplerConfig, ZOEstimatorConfig
 from zorun.estimators.base import StepResult
 from zorun.estimators.mezo import MeZO
 from zorun.params import ParamSpace
@@ -55,7 +55,7 @@ def sampler_cfg(**kw):
 
 
 def mezo(space, lr=1.0):
-    return MeZO(OmegaConf.structured(EstimatorConfig(lr=lr, eps=1e-3)), space)
+    return MeZO(OmegaConf.structured(ZOEstimatorConfig(lr=lr, eps=1e-3)), space)
 
 
 def theta(model: Quadratic) -> torch.Tensor:

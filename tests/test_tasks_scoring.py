@@ -16,10 +16,10 @@ from zorun.tasks.scoring import (candidate_scores, encode, evaluate_classificati
 MAX_LENGTH = 64
 # initializer_range 0.5 spreads the random logits, so no argmax rests on a float near-tie
 ARCHS = {
-    "llama": dict(model_type="llama", vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    "llama": dict(model_type="llama", vocab_size=640, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_LENGTH,
                   initializer_range=0.5),
-    "opt": dict(model_type="opt", vocab_size=512, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
+    "opt": dict(model_type="opt", vocab_size=640, hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
                 num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=MAX_LENGTH, init_std=0.5),
 }
 
@@ -58,7 +58,7 @@ class PlainForward(torch.nn.Module):
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 @torch.no_grad()
 def test_batched_evaluation_equals_one_at_a_time(arch):
-    tok, model, exs = build_tiny_tokenizer(512), tiny(arch), examples()
+    tok, model, exs = build_tiny_tokenizer(), tiny(arch), examples()
     assert len(tok(exs[-1].prompt)["input_ids"]) > MAX_LENGTH  # the left truncation is exercised
     single = one_at_a_time(model, tok, exs)
     assert shares_prompt(model) and not shares_prompt(PlainForward(model))
@@ -78,7 +78,7 @@ def test_batched_evaluation_equals_one_at_a_time(arch):
 
 @torch.no_grad()
 def test_peft_models_share_the_prompt_unless_prefix_tuned():
-    tok, exs = build_tiny_tokenizer(512), examples()
+    tok, exs = build_tiny_tokenizer(), examples()
     lora = get_peft_model(tiny("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     assert shares_prompt(lora)
     flat = candidate_scores(lora, encode(tok, exs, MAX_LENGTH))
@@ -90,7 +90,7 @@ def test_peft_models_share_the_prompt_unless_prefix_tuned():
 
 @torch.no_grad()
 def test_batched_generation_equals_one_at_a_time():
-    tok, model = build_tiny_tokenizer(512), tiny("llama")
+    tok, model = build_tiny_tokenizer(), tiny("llama")
     prompts = [ex.prompt for ex in examples()[:6]]
     batched = greedy_generate(model, tok, prompts, MAX_LENGTH, 8, "cpu")
     assert batched == [greedy_generate(model, tok, [p], MAX_LENGTH, 8, "cpu")[0] for p in prompts]

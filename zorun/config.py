@@ -93,14 +93,91 @@ class TaskConfig:
     options: Dict[str, Any] = field(default_factory=dict)  # task-specific knobs
 
 
+class LRScheduleKind(str, Enum):
+    constant = "constant"
+    linear = "linear"  # linear decay to min_lr_ratio·lr at the last step
+    cosine = "cosine"  # half a cosine down to min_lr_ratio·lr
+
+
 @dataclass
 class EstimatorConfig:
+    """Fields every estimator has (zorun/estimators/); each estimator's schema below adds its own."""
+
     name: str = "mezo"
     lr: float = 1e-3
+    weight_decay: float = 0.0  # decoupled, θ ← (1 − lr·λ)θ; never on biases or norm weights
+    schedule: LRScheduleKind = LRScheduleKind.constant
+    warmup_steps: int = 0  # linear warm-up from 0 (Hugging Face convention)
+    min_lr_ratio: float = 0.0  # linear/cosine: the lr at the last step, as a fraction of lr
+
+
+@dataclass
+class ZOEstimatorConfig(EstimatorConfig):
+    """estimator=mezo and zo-sign; the base of every zeroth-order estimator."""
+
     eps: float = 1e-3
-    weight_decay: float = 0.0
     one_sided: bool = False  # (L(θ+εz) − L(θ))/ε instead of the central difference
     q: int = 1  # queries per step, averaged, applied sequentially
+
+
+@dataclass
+class ZOMomentumConfig(ZOEstimatorConfig):
+    name: str = "zo-sgd-momentum"
+    momentum: float = 0.9  # μ: buf ← μ·buf + g·z
+
+
+@dataclass
+class ZOAdamConfig(ZOEstimatorConfig):
+    name: str = "zo-adam"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+
+
+@dataclass
+class HiZOOConfig(ZOEstimatorConfig):
+    name: str = "hizoo"
+    hessian_smooth: float = 1e-6  # α: EMA rate of the diagonal Hessian estimate (public script: 0 or 1e-8)
+
+
+@dataclass
+class LOZOConfig(ZOEstimatorConfig):
+    name: str = "lozo"
+    rank: int = 2  # r: U is m×r, V is n×r
+    interval: int = 50  # ν: steps a V is kept before it is redrawn
+
+
+@dataclass
+class LOZOMConfig(LOZOConfig):
+    name: str = "lozo-m"
+    beta1: float = 0.9  # momentum of the low-rank M
+
+
+@dataclass
+class FOSGDConfig(EstimatorConfig):
+    name: str = "fo-sgd"
+    momentum: float = 0.0
+
+
+@dataclass
+class FOAdamConfig(EstimatorConfig):
+    name: str = "fo-adam"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+
+
+ESTIMATOR_SCHEMAS = {
+    "mezo": ZOEstimatorConfig,
+    "zo-sign": ZOEstimatorConfig,
+    "zo-sgd-momentum": ZOMomentumConfig,
+    "zo-adam": ZOAdamConfig,
+    "hizoo": HiZOOConfig,
+    "lozo": LOZOConfig,
+    "lozo-m": LOZOMConfig,
+    "fo-sgd": FOSGDConfig,
+    "fo-adam": FOAdamConfig,
+}
 
 
 @dataclass
@@ -195,6 +272,8 @@ def register_configs() -> None:
         cs.store(group=f"schema/{group}", name="base", node=node)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
     cs.store(group="schema/sampler", name="adalezo", node=AdaLeZOSamplerConfig)
+    for name, node in ESTIMATOR_SCHEMAS.items():
+        cs.store(group="schema/estimator", name=name, node=node)
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:
@@ -205,10 +284,7 @@ def _require(ok: bool, key: str, value: Any, rule: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Range and combination checks that types cannot express. Raises ConfigError."""
     est, bud, task = cfg.estimator, cfg.budget, cfg.task
-    _require(est.lr > 0, "estimator.lr", est.lr, "it must be > 0")
-    _require(est.eps > 0, "estimator.eps", est.eps, "it must be > 0")
-    _require(est.weight_decay >= 0, "estimator.weight_decay", est.weight_decay, "it must be >= 0")
-    _require(est.q >= 1, "estimator.q", est.q, "it must be >= 1")
+    _validate_estimator(est)
     _require(bud.steps >= 0, "budget.steps", bud.steps, "it must be >= 0")
     _require(bud.batch_size >= 1, "budget.batch_size", bud.batch_size, "it must be >= 1")
     _require(bud.eval_batch_size >= 1, "budget.eval_batch_size", bud.eval_batch_size, "it must be >= 1")
@@ -241,3 +317,25 @@ def _validate_adalezo(s: DictConfig) -> None:
     _require(0 < s.ema_alpha <= 1, "sampler.ema_alpha", s.ema_alpha, "it must be in (0, 1]")
     _require(s.ipw_clip > 0, "sampler.ipw_clip", s.ipw_clip, "it must be > 0 (inf: no clip)")
     _require(s.interval >= 1, "sampler.interval", s.interval, "it must be >= 1")
+
+
+def _validate_estimator(est: DictConfig) -> None:
+    """Ranges of the estimator fields; a field is checked where the estimator's schema has it."""
+    _require(est.lr > 0, "estimator.lr", est.lr, "it must be > 0")
+    _require(est.weight_decay >= 0, "estimator.weight_decay", est.weight_decay, "it must be >= 0")
+    _require(est.warmup_steps >= 0, "estimator.warmup_steps", est.warmup_steps, "it must be >= 0")
+    _require(0 <= est.min_lr_ratio <= 1, "estimator.min_lr_ratio", est.min_lr_ratio, "it must be in [0, 1]")
+    rules = {
+        "eps": (lambda x: x > 0, "it must be > 0"),
+        "q": (lambda x: x >= 1, "it must be >= 1"),
+        "momentum": (lambda x: 0 <= x < 1, "it must be in [0, 1)"),
+        "beta1": (lambda x: 0 <= x < 1, "it must be in [0, 1)"),
+        "beta2": (lambda x: 0 <= x < 1, "it must be in [0, 1)"),
+        "adam_eps": (lambda x: x > 0, "it must be > 0"),
+        "hessian_smooth": (lambda x: 0 <= x <= 1, "it must be in [0, 1] (the EMA rate of the Hessian estimate)"),
+        "rank": (lambda x: x >= 1, "it must be >= 1"),
+        "interval": (lambda x: x >= 1, "it must be >= 1 (steps a V is kept)"),
+    }
+    for key, (ok, rule) in rules.items():
+        if key in est:
+            _require(ok(est[key]), f"estimator.{key}", est[key], rule)

@@ -7,22 +7,39 @@ from typing import Dict, Type
 from omegaconf import DictConfig
 
 from zorun.config import ConfigError
+from zorun.estimators.adam import ZOAdam
 from zorun.estimators.base import Estimator
+from zorun.estimators.first_order import FOAdam, FOSGD
+from zorun.estimators.hizoo import HiZOO
+from zorun.estimators.lozo import LOZO, LOZOM
 from zorun.estimators.mezo import MeZO
+from zorun.estimators.momentum import ZOMomentum
+from zorun.estimators.sign import ZOSign
 from zorun.samplers.adalezo import AdaLeZOSampler
 from zorun.samplers.base import Sampler
 from zorun.samplers.uniform import UniformSampler
 
-ESTIMATORS: Dict[str, Type[Estimator]] = {"mezo": MeZO}
+ESTIMATORS: Dict[str, Type[Estimator]] = {
+    cls.name: cls for cls in (MeZO, ZOMomentum, ZOSign, ZOAdam, HiZOO, LOZO, LOZOM, FOSGD, FOAdam)
+}
 SAMPLERS: Dict[str, Type[Sampler]] = {"uniform": UniformSampler, "adalezo": AdaLeZOSampler}
+# Samplers whose Plan is every block at scale 1 and weight 1: the only ones a first-order
+# (gradient) estimator can honour, since it has no direction distribution to shape.
+GRADIENT_SAMPLERS = {"uniform"}
 
 
 def check_combination(cfg: DictConfig) -> None:
     """Refuse, before any model loads, what cannot run or means nothing."""
-    if cfg.estimator.name not in ESTIMATORS:
-        raise ConfigError(f"estimator.name={cfg.estimator.name} is not implemented; available: {', '.join(ESTIMATORS)}")
-    if cfg.sampler.name not in SAMPLERS:
-        raise ConfigError(f"sampler.name={cfg.sampler.name} is not implemented; available: {', '.join(SAMPLERS)}")
+    est, sampler = cfg.estimator.name, cfg.sampler.name
+    if est not in ESTIMATORS:
+        raise ConfigError(f"estimator.name={est} is not implemented; available: {', '.join(ESTIMATORS)}")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler.name={sampler} is not implemented; available: {', '.join(SAMPLERS)}")
+    cls = ESTIMATORS[est]
+    if cls.differentiable and sampler not in GRADIENT_SAMPLERS:
+        raise ConfigError(f"estimator={est} uses exact gradients, so sampler={sampler}'s direction distribution "
+                          f"means nothing to it; use sampler={' or '.join(sorted(GRADIENT_SAMPLERS))}, or a ZO estimator")
+    cls.check(cfg.estimator)
 
 
 def build_estimator(cfg: DictConfig, space) -> Estimator:

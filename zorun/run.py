@@ -24,6 +24,7 @@ from zorun import kernels
 from zorun.checkpoint import (Checkpoint, CheckpointError, Checkpoints, NonFiniteError, all_finite, log_sizes,
                               rng_state, set_rng_state, truncate_logs)
 from zorun.errors import ZorunError
+from zorun.estimators.schedule import LRSchedule
 from zorun.memory import peak_bytes
 from zorun.multirun import config_hash, identity
 from zorun.models import load_model, load_tokenizer
@@ -56,6 +57,7 @@ class Run:
         self.step = 0  # steps taken, skipped ones included; the next step's index
         self.batches_done = 0  # the data-order position
         self.forward_passes = 0
+        self.backward_passes = 0  # first-order estimators only
         self.skipped_steps = 0  # undone after a non-finite loss
         self.consecutive_skips = 0
         self.losses: List[float] = []  # training losses; a checkpoint keeps the last log_every
@@ -259,11 +261,22 @@ class Run:
             skip = 0
             epoch += 1
 
-    def make_loss(self, batch: List[Example]):
-        """The loss oracle of one step: a no-grad forward on the (already encoded) batch."""
+    def make_loss(self, batch: List[Example], differentiable: bool = False):
+        """The loss oracle of one step: a no-grad forward on the (already encoded) batch, returning a float.
+
+        differentiable=True (first-order estimators): the forward keeps its
+        autograd graph and returns the loss tensor, for one backward pass.
+        """
         as_cls = self.task.type == "classification" and self.task.train_as_classification
         enc = encode(self.tokenizer, batch, self.cfg.model.max_length, gold_only=not as_cls).to(self.device)
         fn = classification_loss if as_cls else lm_loss
+
+        if differentiable:
+            def loss_with_grad() -> torch.Tensor:
+                with torch.enable_grad():
+                    return fn(self.model, enc)
+
+            return loss_with_grad
 
         @torch.no_grad()
         def loss() -> float:
@@ -297,7 +310,7 @@ class Run:
     # ------------------------------------------------------------------ train
     def train(self) -> None:
         cfg, budget = self.cfg, self.cfg.budget
-        lr = cfg.estimator.lr
+        schedule = LRSchedule.from_config(cfg.estimator, budget.steps)
         if self.results["dev_initial"] is None and self.signals.received is None:
             self.results["dev_initial"] = self.evaluate("dev")
             log.info("dev before training: %s", self.results["dev_initial"])
@@ -305,6 +318,7 @@ class Run:
         self.console.start(budget.steps, f"{cfg.estimator.name}/{cfg.sampler.name}")
         try:
             while self.step < budget.steps and self.signals.received is None:
+                lr = schedule(self.step)
                 proceed, result = self.train_step(next(batches), lr)
                 self.console.advance(result.loss)
                 if self.step % budget.log_every == 0 or self.step == budget.steps:
@@ -342,11 +356,12 @@ class Run:
     def train_step(self, batch: List[Example], lr: float):
         """One step on one batch: (whether to go on, the estimator's result). A non-finite loss is undone."""
         self.batches_done += 1
-        loss_fn = RecordingLoss(self.make_loss(batch))
+        loss_fn = RecordingLoss(self.make_loss(batch, differentiable=self.estimator.differentiable))
         with self.clock("sampler"):
             plan = self.sampler.plan(self.step)
         result = self.estimator.step(plan, loss_fn, lr, self.clock)
         self.forward_passes += result.forward_passes
+        self.backward_passes += result.backward_passes
         self.trajectory.step(self.step, plan, lr, loss_fn.values, result.grad, skip=not result.finite)
         if result.finite:
             with self.clock("sampler"):
@@ -394,6 +409,7 @@ class Run:
             "skipped_steps": self.skipped_steps,
             "resumed_from": self.resumed_from,
             "forward_passes": self.forward_passes,
+            "backward_passes": self.backward_passes,
             "train_loss": self.train_loss,
             "dev_initial": self.results["dev_initial"],
             "dev": self.results["dev"],

@@ -1,46 +1,165 @@
-"""The estimator interface: one optimisation step given a Plan and a loss oracle."""
+"""The estimator interface, and the SPSA probing loop shared by the zeroth-order family.
+
+An estimator spends a step's forward passes on the sampler's Plan and
+writes the update. ZO estimators differ only in how one probe (a projected
+gradient g along the query's direction) becomes an update, so the probing
+loop lives here once: per query j with the Plan's seed for j,
+
+    two-sided:  θ += εz; L+ = L(θ); θ −= 2εz; L− = L(θ); g_j = (L+ − L−)/(2ε)
+    one-sided:  L0 = L(θ) once per step; θ += εz; L+ = L(θ); g_j = (L+ − L0)/ε
+
+and the subclass's :meth:`ZOEstimator.apply` undoes the perturbation
+(restore = +ε, or −ε one-sided) fused with its share of the update.
+No estimator keeps an RNG: every random draw is keyed by the Plan's seed,
+so a state_dict plus the sampler's state reproduces a run exactly.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
+import torch
 from omegaconf import DictConfig
 
+from zorun import kernels
+from zorun.errors import ConfigError
 from zorun.params import ParamSpace
+from zorun.plan import Plan
 from zorun.timing import Clock
 
 
 @dataclass
 class StepResult:
     loss: float  # the step's training loss estimate (mean of the probes)
-    grad: float  # projected gradient g (mean over queries)
+    grad: float  # projected gradient g (mean over queries); gradient norm for first-order estimators
     forward_passes: int
     finite: bool = True
     extras: Dict[str, Any] = field(default_factory=dict)  # e.g. per-query losses
+    backward_passes: int = 0  # first-order estimators: one backward per step
 
 
-LossFn = Callable[[], float]  # one no-grad forward on the step's batch
+LossFn = Callable[[], Any]  # one forward on the step's batch: a float (no grad), or a tensor (differentiable)
 
 
 class Estimator:
     name = "base"
     passes_per_step = 2
+    differentiable = False  # True: the run hands step() a loss that returns a tensor with autograd history
 
     def __init__(self, cfg: DictConfig, space: ParamSpace):
         self.cfg = cfg
         self.space = space
+        self.steps = 0  # completed steps
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        """Refuse options this estimator cannot honour (ConfigError, one line), before the model loads."""
 
     @property
     def state_bytes(self) -> int:
         """Extra memory the estimator keeps beyond the model (momentum, moments, ...)."""
         return 0
 
-    def step(self, plan, loss: LossFn, lr: float, clock: Clock) -> StepResult:
+    def step(self, plan: Plan, loss: LossFn, lr: float, clock: Clock) -> StepResult:
         raise NotImplementedError
 
     def state_dict(self) -> Dict[str, Any]:
-        return {}
+        return {"steps": self.steps}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        pass
+        self.steps = int(state["steps"])
+
+
+def fp32_like(space: ParamSpace, fill: float = 0.0):
+    """One fp32 tensor per block, θ's shape and device: the state layout the kernels expect."""
+    return [torch.full_like(b.tensor, fill, dtype=torch.float32, memory_format=torch.contiguous_format)
+            for b in space.blocks]
+
+
+def nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def copy_into(dst, src) -> None:
+    """Load saved state tensors into the live ones (shapes checked by copy_)."""
+    if len(dst) != len(src):
+        raise ValueError(f"state has {len(src)} tensors, the estimator {len(dst)}")
+    with torch.no_grad():
+        for d, s in zip(dst, src):
+            d.copy_(s)
+
+
+class ZOEstimator(Estimator):
+    """SPSA probing with q queries and one- or two-sided differences; subclasses define apply()."""
+
+    max_queries: Optional[int] = None  # None: any q; 1: the update needs the whole averaged estimate at once
+    q_reason = ""
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        if cls.max_queries is not None and cfg.q > cls.max_queries:
+            raise ConfigError(f"estimator={cls.name} supports estimator.q=1 only ({cls.q_reason}); got q={cfg.q}")
+
+    @property
+    def passes_per_step(self) -> int:  # type: ignore[override]
+        q = self.cfg.q
+        return q + 1 if self.cfg.one_sided else 2 * q
+
+    def decay(self, lr: float) -> float:
+        return lr * self.cfg.weight_decay
+
+    # -- hooks a subclass may replace (LOZO's low-rank directions)
+    def begin(self, plan: Plan) -> None:
+        """Called once per step before probing."""
+
+    def perturb(self, plan: Plan, alpha: float) -> None:
+        kernels.perturb_(self.space, plan, alpha)
+
+    def restore(self, plan: Plan, restore: float) -> None:
+        """Undo a perturbation without updating (non-finite losses)."""
+        kernels.update_(self.space, plan, restore=restore, coef=0.0)
+
+    def apply(self, plan: Plan, query: int, restore: float, g: float, lr: float) -> None:
+        """θ += restore·(direction) fused with query `query`'s share of the update for projected gradient g."""
+        raise NotImplementedError
+
+    def step(self, plan: Plan, loss: LossFn, lr: float, clock: Clock) -> StepResult:
+        eps, q, one_sided = self.cfg.eps, self.cfg.q, self.cfg.one_sided
+        self.begin(plan)
+        passes, grads, losses = 0, [], []
+        base = lp = lm = float("nan")
+        if one_sided:
+            with clock("forward"):
+                base = loss()
+            passes += 1
+            if not math.isfinite(base):
+                return StepResult(base, float("nan"), passes, finite=False)
+        for j in range(q):
+            pj = plan.for_query(j)
+            with clock("perturb"):
+                self.perturb(pj, eps)
+            with clock("forward"):
+                lp = loss()
+            passes += 1
+            if one_sided:
+                lm, restore, g = base, -eps, (lp - base) / eps
+            else:
+                with clock("perturb"):
+                    self.perturb(pj, -2 * eps)
+                with clock("forward"):
+                    lm = loss()
+                passes += 1
+                restore, g = eps, (lp - lm) / (2 * eps)
+            if not (math.isfinite(lp) and math.isfinite(lm)):
+                with clock("update"):
+                    self.restore(pj, restore)
+                return StepResult(float("nan"), float("nan"), passes, finite=False)
+            with clock("update"):
+                self.apply(pj, j, restore, g, lr)
+            grads.append(g)
+            losses.append(base if one_sided else (lp + lm) / 2)
+        self.steps += 1
+        return StepResult(sum(losses) / q, sum(grads) / q, passes,
+                          extras={"loss_plus": lp, "loss_minus": lm, "grads": grads})

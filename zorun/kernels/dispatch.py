@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -87,10 +87,11 @@ def run(space: ParamSpace, plan: Plan, restore: float, coef: float, decay: float
         return
     check_states(space, plan, p)
     coefs = coefficients(space, plan, restore, coef, decay, p, step)
-    rows: Dict[str, List[int]] = {}
-    for row, b in enumerate(plan.blocks.tolist()):
-        rows.setdefault(backend_for(space.blocks[b].tensor.device), []).append(row)
-    for backend, sel in rows.items():
+    groups: Dict[str, Tuple[List[int], List[List[float]]]] = {}
+    for b, row in zip(plan.blocks.tolist(), coefs):
+        blocks, rows = groups.setdefault(backend_for(space.blocks[b].tensor.device), ([], []))
+        blocks.append(b)
+        rows.append(row)
+    for backend, (blocks, rows) in groups.items():
         module = reference if backend == "torch" else triton_module()
-        idx = torch.tensor(sel, dtype=torch.long)
-        module.run_pass(space, plan.seed, plan.blocks[idx], coefs[idx], p)
+        module.run_pass(space, plan.seed, blocks, rows, p)

@@ -14,13 +14,13 @@ then stores θ_b in its own dtype (round to nearest, or stochastically). The
 per-block numbers come from the Plan (scale s_b, weight w_b) and the call:
 a_b = restore·s_b, keep_b = 1 − decay for decayed blocks (else 1),
 c_b = coef·w_b·s_b, bc1_b = 1 − β1^t_b, bc2_b = 1 − β2^t_b.
-Both backends read these from one table, so they cannot disagree on the algebra.
+Both backends take these rows from :func:`coefficients`, so they cannot disagree on the algebra.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -28,9 +28,7 @@ from zorun.params import ParamSpace
 from zorun.plan import Plan
 
 PLAIN, MOMENTUM, ADAM = 0, 1, 2
-# columns of the per-block coefficient table
-A, KEEP, C, BC1, BC2 = range(5)
-NUM_COEFS = 5
+NUM_COEFS = 5  # a, keep, c, bc1, bc2 per active block
 
 StepArg = Union[int, torch.Tensor]
 
@@ -51,20 +49,21 @@ class Pass:
 
 
 def coefficients(space: ParamSpace, plan: Plan, restore: float, coef: float, decay: float,
-                 p: Pass, step: StepArg = 1) -> torch.Tensor:
-    """The (active blocks × NUM_COEFS) fp32 table a, keep, c, bc1, bc2 described in the module doc."""
-    n = len(plan.blocks)
-    scale = torch.ones(n, dtype=torch.float64) if plan.scale is None else plan.scale.double().cpu()
-    weight = torch.ones(n, dtype=torch.float64) if plan.weight is None else plan.weight.double().cpu()
-    decays = torch.tensor([space.blocks[b].decay for b in plan.blocks.tolist()], dtype=torch.bool)
-    out = torch.empty(n, NUM_COEFS, dtype=torch.float64)
-    out[:, A] = restore * scale
-    out[:, KEEP] = torch.where(decays, 1.0 - decay, 1.0)
-    out[:, C] = coef * weight * scale
-    t = torch.as_tensor(step, dtype=torch.float64).expand(n)
-    out[:, BC1] = 1.0 - p.beta1 ** t
-    out[:, BC2] = 1.0 - p.beta2 ** t
-    return out.float()
+                 p: Pass, step: StepArg = 1) -> List[List[float]]:
+    """One row [a, keep, c, bc1, bc2] per active block, as described in the module doc.
+
+    Plain Python floats: a pass over a few tiny blocks must not pay for a dozen torch ops.
+    """
+    blocks = plan.blocks.tolist()
+    n = len(blocks)
+    scale = [1.0] * n if plan.scale is None else [float(x) for x in plan.scale.tolist()]
+    weight = [1.0] * n if plan.weight is None else [float(x) for x in plan.weight.tolist()]
+    steps = [float(step)] * n if isinstance(step, (int, float)) else [float(x) for x in torch.as_tensor(step).reshape(-1).tolist()]
+    if len(steps) != n or min(steps, default=1.0) < 1:
+        raise ValueError(f"step must be an int >= 1 or one value >= 1 per active block ({n}), got {step}")
+    return [[restore * s, 1.0 - decay if space.blocks[b].decay else 1.0, coef * w * s,
+             1.0 - p.beta1 ** t, 1.0 - p.beta2 ** t]
+            for b, s, w, t in zip(blocks, scale, weight, steps)]
 
 
 def check_states(space: ParamSpace, plan: Plan, p: Pass) -> None:

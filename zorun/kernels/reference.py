@@ -12,16 +12,19 @@ The algebra of each pass is documented in :mod:`zorun.kernels.passes`.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Dict, Iterator, List, Tuple
 
 import torch
 
-from zorun.kernels.passes import A, ADAM, BC1, BC2, C, KEEP, MOMENTUM, PLAIN, Pass
+from zorun.kernels.passes import ADAM, MOMENTUM, PLAIN, Pass
 from zorun.params import ParamSpace
 from zorun.plan import mix_seed
 
-CHUNK = 1 << 15  # 128 KiB of fp32: z, θ's chunk and the state chunks stay in L2 while a chunk is processed
+# 128 KiB of fp32: z and the chunks of θ and state stay in cache while a chunk is processed. At
+# most torch's parallel grain (32768), so the elementwise ops on a chunk run on the calling thread:
+# randn is serial anyway, and a fork/join per small op cost 7x per element on a busy 2-core machine.
+CHUNK = 1 << 15
+SQRT_PIECE = 2048  # torch parallelises sqrt above 2048 elements; pieces keep it on this thread (~50x on that machine)
 _ROUNDING_STREAM = 1  # the stochastic-rounding uniforms come from mix_seed(seed, block, 1)
 
 
@@ -75,33 +78,10 @@ def _stateful(states: List[torch.Tensor], start: int, size: int) -> List[torch.T
     return [s.view(-1)[start : start + size] for s in states]
 
 
-@contextmanager
-def _one_thread():
-    """Run a pass's chunk ops on the calling thread.
-
-    randn is serial anyway, and the elementwise ops on a cached chunk are tiny;
-    letting torch fork/join threads for each of them cost far more than it saved
-    (on a busy 2-core machine, ~7x slower per element at 65536-element chunks,
-    ~50x for Adam's sqrt, each small parallel region waiting for a descheduled thread).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @torch.no_grad()
-def run_pass(space: ParamSpace, seed: int, blocks: torch.Tensor, coefs: torch.Tensor, p: Pass) -> None:
+def run_pass(space: ParamSpace, seed: int, blocks: List[int], coefs: List[List[float]], p: Pass) -> None:
     """Execute one pass (see :mod:`zorun.kernels.passes`) block by block, chunk by chunk."""
-    with _one_thread():
-        _run_blocks(space, seed, blocks, coefs, p)
-
-
-def _run_blocks(space: ParamSpace, seed: int, blocks: torch.Tensor, coefs: torch.Tensor, p: Pass) -> None:
-    for b, row in zip(blocks.tolist(), coefs[:, [A, KEEP, C, BC1, BC2]].tolist()):
-        a, keep, c, bc1, bc2 = row
+    for b, (a, keep, c, bc1, bc2) in zip(blocks, coefs):
         theta = space.blocks[b].tensor.data
         flat = theta.view(-1)
         states = [st[b] for st in p.states]
@@ -128,7 +108,10 @@ def _run_blocks(space: ParamSpace, seed: int, blocks: torch.Tensor, coefs: torch
                 g = torch.mul(z, c, out=sc.tmp[:size])
                 m.mul_(p.beta1).add_(g, alpha=1.0 - p.beta1)
                 v.mul_(p.beta2).addcmul_(g, g, value=1.0 - p.beta2)
-                denom = torch.div(v, bc2, out=sc.tmp[:size]).sqrt_().add_(p.adam_eps)
+                denom = torch.div(v, bc2, out=sc.tmp[:size])
+                for piece in denom.split(SQRT_PIECE):
+                    piece.sqrt_()
+                denom.add_(p.adam_eps)
                 step = torch.div(m, bc1, out=sc.u[:size]).mul_(p.lr).div_(denom)
                 x.sub_(step)
             else:

@@ -57,7 +57,7 @@ def _part(theta, s1, s2, offs, numel, z, u, a, keep, c, bc1, bc2, h0, h1, h2, h3
         mask = None
     x = tl.load(theta + offs, mask=mask).to(tl.float32)
     x = (x + a * z) * keep
-    if MODE == 0:  # plain
+    if MODE == 0:  # plain (passes.PLAIN; 1 = MOMENTUM, 2 = ADAM)
         x = x - c * z
     elif MODE == 1:  # momentum: h0 = μ, h1 = η
         buf = h0 * tl.load(s1 + offs, mask=mask) + c * z
@@ -150,7 +150,7 @@ def _hyper(p: Pass) -> Tuple[float, float, float, float]:
     return 0.0, 0.0, 0.0, 0.0
 
 
-def _launch(space: ParamSpace, seed: int, rows: List[int], blocks: List[int], coefs: torch.Tensor, p: Pass) -> None:
+def _launch(space: ParamSpace, seed: int, blocks: List[int], coefs: List[List[float]], p: Pass) -> None:
     thetas = [space.blocks[b].tensor.data for b in blocks]
     for b, t in zip(blocks, thetas):
         if not t.is_contiguous():
@@ -169,7 +169,7 @@ def _launch(space: ParamSpace, seed: int, rows: List[int], blocks: List[int], co
     state_offs += [[0] * len(blocks)] * (2 - len(state_offs))
     table = torch.zeros(len(blocks), ICOLS, dtype=torch.int64)
     table[:, :6] = torch.tensor([theta_offs, numels, first, blocks, state_offs[0], state_offs[1]], dtype=torch.int64).T
-    table.view(torch.float32)[:, FCOL : FCOL + NUM_COEFS] = coefs[rows]
+    table.view(torch.float32)[:, FCOL : FCOL + NUM_COEFS] = torch.tensor(coefs, dtype=torch.float32)
     table = table.to(thetas[0].device)
     ftab = table.view(torch.float32)
     aligned = all(o % 8 == 0 for o in theta_offs + state_offs[0] + state_offs[1])
@@ -190,15 +190,15 @@ def _offsets(ptrs: List[int], anchor: torch.Tensor) -> List[int]:
     return [(q - base) // size for q in ptrs]
 
 
-def run_pass(space: ParamSpace, seed: int, blocks: torch.Tensor, coefs: torch.Tensor, p: Pass) -> None:
+def run_pass(space: ParamSpace, seed: int, blocks: List[int], coefs: List[List[float]], p: Pass) -> None:
     """One launch per (device, dtype) among the active blocks."""
-    groups: Dict[Tuple[torch.device, torch.dtype], Tuple[List[int], List[int]]] = {}
-    for row, b in enumerate(blocks.tolist()):
+    groups: Dict[Tuple[torch.device, torch.dtype], Tuple[List[int], List[List[float]]]] = {}
+    for b, row in zip(blocks, coefs):
         t = space.blocks[b].tensor
         if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"the Triton kernels take float32/float16/bfloat16 parameters; {space.blocks[b].name} is {t.dtype}")
-        rows, ids = groups.setdefault((t.device, t.dtype), ([], []))
-        rows.append(row)
+        ids, rows = groups.setdefault((t.device, t.dtype), ([], []))
         ids.append(b)
-    for rows, ids in groups.values():
-        _launch(space, seed, rows, ids, coefs, p)
+        rows.append(row)
+    for ids, rows in groups.values():
+        _launch(space, seed, ids, rows, p)

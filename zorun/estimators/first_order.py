@@ -1,0 +1,87 @@
+"""estimator=fo-sgd and fo-adam: backpropagation baselines with torch.optim.
+
+They are the memory upper bound in the ZO papers' tables (MeZO's "FT" rows)
+and the teacher trajectory for PertNN meta-training. The run hands them a
+differentiable loss (one forward with autograd history); each step is one
+forward and one backward pass, then torch.optim.SGD or torch.optim.AdamW.
+Weight decay goes to the parameter group of decayed tensors only (never
+biases or norm weights): AdamW's is decoupled like the ZO estimators', SGD's
+is the classic L2 term (the same thing without momentum). Gradients are freed
+after each step; ``state_bytes`` is the optimizer's state (momentum buffer,
+Adam moments), while gradients and activations show in ``peak_mem_bytes``.
+They ignore the sampler's Plan, so the registry pairs them with
+sampler=uniform only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from zorun.estimators.base import Estimator, StepResult, nbytes
+
+
+class FirstOrder(Estimator):
+    passes_per_step = 1
+    differentiable = True
+
+    def __init__(self, cfg, space):
+        super().__init__(cfg, space)
+        decayed = [b.tensor for b in space.blocks if b.decay]
+        rest = [b.tensor for b in space.blocks if not b.decay]
+        groups = [{"params": ps, "weight_decay": wd}
+                  for ps, wd in ((decayed, float(cfg.weight_decay)), (rest, 0.0)) if ps]
+        self.params = [b.tensor for b in space.blocks]
+        self.optimizer = self.make_optimizer(groups)
+
+    def make_optimizer(self, groups) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    @property
+    def state_bytes(self) -> int:
+        return nbytes(t for st in self.optimizer.state.values() for t in st.values() if torch.is_tensor(t))
+
+    def step(self, plan, loss, lr, clock) -> StepResult:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        with clock("forward"):  # forward and backward
+            value = loss()
+            finite = bool(torch.isfinite(value))
+            if finite:
+                value.backward()
+        if not finite:
+            return StepResult(float(value.detach()), float("nan"), 1, finite=False)
+        with clock("update"):
+            norms = [torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]
+            norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+            if math.isfinite(norm):
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)  # gradients are not state between steps
+        if not math.isfinite(norm):  # parameters untouched
+            return StepResult(float(value.detach()), norm, 1, finite=False, backward_passes=1)
+        self.steps += 1
+        return StepResult(float(value.detach()), norm, 1, backward_passes=1)
+
+    def state_dict(self):
+        return {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class FOSGD(FirstOrder):
+    name = "fo-sgd"
+
+    def make_optimizer(self, groups):
+        return torch.optim.SGD(groups, lr=float(self.cfg.lr), momentum=float(self.cfg.momentum))
+
+
+class FOAdam(FirstOrder):
+    name = "fo-adam"
+
+    def make_optimizer(self, groups):
+        return torch.optim.AdamW(groups, lr=float(self.cfg.lr), betas=(self.cfg.beta1, self.cfg.beta2),
+                                 eps=float(self.cfg.adam_eps))

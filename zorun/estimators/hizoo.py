@@ -1,0 +1,141 @@
+"""estimator=hizoo: ZO-SGD preconditioned by a diagonal Hessian estimate (Zhao et al., ICLR 2025).
+
+"Second-Order Fine-Tuning without Pain for LLMs: A Hessian Informed
+Zeroth-Order Optimizer" (arXiv:2402.15173), public code Yanjun-Zhao/HiZOO
+(``zo_Hessian_step_update`` in trainer.py). The paper's Σ is the inverse
+Hessian; here H = Σ^{-1} is the diagonal Hessian estimate, kept per element
+in fp32 and initialised to 1 (Σ_0 = I). Per step, u = z ~ N(0, I):
+
+    L0 = L(θ);  L± = L(θ ± ε·Σ_t^{1/2}·z)                  three forward passes
+    Ĥ  = |L+ + L− − 2·L0| / (2ε²) · diag(Σ_t^{-1/2} z zᵀ Σ_t^{-1/2}) = c·H_t·z²
+    H_{t+1} = (1 − α)·H_t + α·Ĥ                              EMA, α = hessian_smooth
+    θ_{t+1} = θ_t − η·(L+ − L−)/(2ε) · Σ_{t+1}^{1/2}·z       (the updated H, as in the code)
+
+with Σ^{1/2}z = z/√H. On a quadratic with diagonal Hessian A the expected
+Ĥ is A + ½·H·tr(A/H), whose fixed point is H = (1 + d/2)·A: the estimate is
+proportional to the true diagonal, so Σ^{1/2} is a correct preconditioner up
+to a global factor that the learning rate absorbs (tests check this).
+
+A Plan's per-block scale s and weight w enter as everywhere else: the
+perturbation is ε·s·z/√H, Ĥ is divided by s² (the second difference was taken
+at ε·s), and the update is multiplied by w·s.
+
+Deviations from the public code, on purpose: weight decay is decoupled and
+skips biases and norm weights (the code decays every tensor); no fourth
+forward pass after the update (the code's ``loss_out``, used only for
+logging; the step's loss here is L0); H is fp32 whatever θ's dtype; z comes
+from the per-block counter-keyed generator, not torch's global seed. The
+public script's default α is 0 (``constant0``), its README uses 1e-8.
+
+Why torch passes and not the kernels: the kernels' pass algebra scales z by
+one number per block, while HiZOO scales it per element by 1/√H and must
+read H in the perturbation passes too. The passes below regenerate z chunk by
+chunk with the reference kernels' generator (:func:`zorun.kernels.reference.z_chunks`)
+and work in fixed-size scratch buffers, so memory stays at model + H; they are
+correct on every device but are several small launches per chunk on GPU,
+not one fused Triton kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict
+
+import torch
+
+from zorun.errors import ConfigError
+from zorun.estimators.base import Estimator, StepResult, copy_into, fp32_like, nbytes
+from zorun.kernels.reference import CHUNK, z_chunks
+from zorun.plan import Plan
+
+_scratch: Dict[torch.device, torch.Tensor] = {}
+
+
+def _buffers(device: torch.device) -> torch.Tensor:
+    if device not in _scratch:
+        _scratch[device] = torch.empty(2, CHUNK, dtype=torch.float32, device=device)
+    return _scratch[device]
+
+
+class HiZOO(Estimator):
+    name = "hizoo"
+    passes_per_step = 3
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cfg.one_sided:
+            raise ConfigError("estimator=hizoo needs L(θ+εz) and L(θ−εz) for its curvature estimate; "
+                              "set estimator.one_sided=false")
+        if cfg.q != 1:
+            raise ConfigError(f"estimator=hizoo supports estimator.q=1 only (each query would move the "
+                              f"curvature estimate and θ between probes that share L0); got q={cfg.q}")
+
+    def __init__(self, cfg, space):
+        super().__init__(cfg, space)
+        self.h = fp32_like(space, fill=1.0)  # H_0 = 1, i.e. Σ_0 = I
+
+    @property
+    def state_bytes(self) -> int:
+        return nbytes(self.h)
+
+    @torch.no_grad()
+    def _pass(self, plan: Plan, alpha: float, update=None) -> None:
+        """θ_b += α·s_b·z/√H_b; with update=(g, c, lr, decay) also H ← (1−a)H + a·(c/s²)·H·z² and the θ step."""
+        self._blocks(plan, alpha, update)
+
+    def _blocks(self, plan: Plan, alpha: float, update) -> None:
+        for i, b in enumerate(plan.blocks.tolist()):
+            block = self.space.blocks[b]
+            s, w = plan.scale_of(i), plan.weight_of(i)
+            flat, h_flat = block.tensor.data.view(-1), self.h[b].view(-1)
+            wide, dz = _buffers(block.tensor.device)
+            fp32 = block.tensor.dtype == torch.float32
+            for z, start in z_chunks(block.tensor, plan.seed, b):
+                n = z.numel()
+                view, h = flat[start : start + n], h_flat[start : start + n]
+                x = view if fp32 else wide[:n].copy_(view)
+                d = torch.rsqrt(h, out=dz[:n]).mul_(z)  # Σ_t^{1/2} z
+                x.add_(d, alpha=alpha * s)  # perturb, or restore fused with the update
+                if update is not None:
+                    g, curvature, lr, decay = update
+                    if block.decay and decay:
+                        x.mul_(1.0 - decay)
+                    if s != 0.0:  # a block with scale 0 was not probed: its curvature is unknown
+                        a = self.cfg.hessian_smooth
+                        # H ← (1 − a)·H + a·(c/s²)·H·z² = H·(1 − a + a·(c/s²)·z²)
+                        h.mul_(torch.mul(z, z, out=dz[:n]).mul_(a * curvature / (s * s)).add_(1.0 - a))
+                    x.sub_(torch.rsqrt(h, out=dz[:n]).mul_(z), alpha=lr * g * w * s)  # − η·g·w·s·Σ_{t+1}^{1/2} z
+                if not fp32:
+                    view.copy_(x)
+
+    def step(self, plan, loss, lr, clock) -> StepResult:
+        eps = self.cfg.eps
+        with clock("forward"):
+            l0 = loss()
+        if not math.isfinite(l0):
+            return StepResult(l0, float("nan"), 1, finite=False)
+        with clock("perturb"):
+            self._pass(plan, eps)
+        with clock("forward"):
+            lp = loss()
+        with clock("perturb"):
+            self._pass(plan, -2 * eps)
+        with clock("forward"):
+            lm = loss()
+        if not (math.isfinite(lp) and math.isfinite(lm)):
+            with clock("update"):
+                self._pass(plan, eps)
+            return StepResult(float("nan"), float("nan"), 3, finite=False)
+        g = (lp - lm) / (2 * eps)
+        curvature = abs(lp + lm - 2 * l0) / (2 * eps * eps)
+        with clock("update"):
+            self._pass(plan, eps, update=(g, curvature, lr, lr * self.cfg.weight_decay))
+        self.steps += 1
+        return StepResult(l0, g, 3, extras={"loss_plus": lp, "loss_minus": lm, "curvature": curvature})
+
+    def state_dict(self):
+        return {**super().state_dict(), "h": self.h}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        copy_into(self.h, state["h"])

@@ -1,0 +1,25 @@
+"""estimator=zo-sign: ZO-SGD on the sign of the projected gradient, θ −= η·sign(g)·z.
+
+This is ALGORITHMS.md's rule: the step length along z no longer depends on
+|g|, which tames the heavy tails of the SPSA estimate. (ZO-Bench's
+ZO-SGD-Sign, Zhang et al. 2024, instead takes the elementwise sign of
+ĝ = g·z, i.e. sign(g)·sign(z); that needs sign(z) inside the kernel pass and
+is not what this estimator does.) Queries are applied one after the other,
+each with weight 1/q; weight decay once per step.
+"""
+
+from __future__ import annotations
+
+import math
+
+from zorun import kernels
+from zorun.estimators.base import ZOEstimator
+
+
+class ZOSign(ZOEstimator):
+    name = "zo-sign"
+
+    def apply(self, plan, query, restore, g, lr):
+        sign = math.copysign(1.0, g) if g != 0 else 0.0
+        kernels.update_(self.space, plan, restore=restore, coef=lr * sign / self.cfg.q,
+                        decay=self.decay(lr) if query == 0 else 0.0)
