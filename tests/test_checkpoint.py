@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_llama
-from test_resume import compose_cfg, one_thread, run_here, toys  # noqa: F401  (fixtures: one thread; stateful)
+from test_resume import ADAM_ADALEZO, compose_cfg, one_thread, run_here  # noqa: F401  (one_thread: a fixture)
 from zorun import cli as zcli
 from zorun import kernels
 from zorun.checkpoint import (PARAMS, STATE, Checkpoint, CheckpointError, Checkpoints, NonFiniteError, join_tensors,
@@ -180,8 +180,8 @@ def nan_at(steps):
     def hook(run: Run) -> None:
         make_loss = run.make_loss
 
-        def patched(batch):
-            fn = make_loss(batch)
+        def patched(batch, **kwargs):
+            fn = make_loss(batch, **kwargs)
             return (lambda: float("nan")) if run.step in steps else fn
 
         run.make_loss = patched
@@ -245,17 +245,17 @@ def test_huge_lr_diverges_and_the_last_checkpoint_is_finite(tmp_path):
 
 
 # ------------------------------------------------------------------ replay
-def test_replay_rebuilds_the_trained_parameters_bit_for_bit(tmp_path, capsys, toys):
+def test_replay_rebuilds_the_trained_parameters_bit_for_bit(tmp_path, capsys):
     run_here(tmp_path / "mezo", "budget.steps=12", "budget.checkpoint_every=6")
     assert run_replay(tmp_path / "mezo", None, None, None, 0.0) == 0
     out = capsys.readouterr().out
     assert "equal bit for bit" in out and "bytes per 1,000 steps" in out
     assert run_replay(tmp_path / "mezo", 6, tmp_path / "six.safetensors", None, 0.0) == 0  # a prefix: step 6
 
-    run_here(tmp_path / "toy", "budget.steps=12", "budget.checkpoint_every=12", *toys)
-    assert run_replay(tmp_path / "toy", None, None, None, 0.0) == 0  # adalezo's subsets with IPW weights
-    trained = load_file(str(tmp_path / "toy" / "checkpoints" / "step-00000012" / PARAMS))
-    replayed = load_file(str(tmp_path / "toy" / "replayed.safetensors"))
+    run_here(tmp_path / "adam", "budget.steps=12", "budget.checkpoint_every=12", *ADAM_ADALEZO)
+    assert run_replay(tmp_path / "adam", None, None, None, 0.0) == 0  # adalezo's layer subsets with IPW weights
+    trained = load_file(str(tmp_path / "adam" / "checkpoints" / "step-00000012" / PARAMS))
+    replayed = load_file(str(tmp_path / "adam" / "replayed.safetensors"))
     assert all(torch.equal(trained[k], replayed[k]) for k in trained)
 
     log = tmp_path / "mezo" / "trajectory.jsonl"

@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 
 
 # Run counters a checkpoint carries (with the loss tail, dev_initial, wall time and phase times).
-RUN_STATE = ("step", "batches_done", "forward_passes", "eval_examples", "skipped_steps", "consecutive_skips", "best")
+RUN_STATE = ("step", "batches_done", "forward_passes", "backward_passes", "eval_examples", "skipped_steps",
+             "consecutive_skips", "best")
 
 
 class Run:
