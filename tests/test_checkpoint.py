@@ -33,12 +33,14 @@ from zorun.trajectory import ReplayError
 def test_state_trees_round_trip_tensors_through_safetensors_and_the_rest_through_json(tmp_path):
     gen = torch.Generator().manual_seed(3)
     state = {"m": [torch.randn(3, 2), None, torch.zeros(4, dtype=torch.float64)], "t": 7, "beta": 0.9,
+             "optimizer": {0: {"step": torch.tensor(3.0)}, 5: {"step": torch.tensor(1.0)}},  # torch.optim's int keys
              "draw": {"counts": torch.tensor([0, 2, 1]), "name": "x"}, "generator": gen.get_state()}
     space = ParamSpace.from_model(tiny_llama())
     path = Checkpoints(tmp_path, keep=2).save(5, space, {"config": {}, "logs": {}}, {"estimator": state})
     ckpt = Checkpoint.open(path)
     back = ckpt.load_state()["estimator"]
     assert back["t"] == 7 and back["beta"] == 0.9 and back["m"][1] is None and back["draw"]["name"] == "x"
+    assert sorted(back["optimizer"]) == [0, 5] and float(back["optimizer"][0]["step"]) == 3.0
     assert torch.equal(back["m"][0], state["m"][0]) and back["m"][2].dtype == torch.float64
     assert torch.equal(back["draw"]["counts"], state["draw"]["counts"])
     restored = torch.Generator()
@@ -47,6 +49,8 @@ def test_state_trees_round_trip_tensors_through_safetensors_and_the_rest_through
     assert json.loads((path / "state.json").read_text())["format"] == 1
     with pytest.raises(TypeError, match="state at '/bad'"):
         split_tensors({"bad": object()}, "", {})
+    with pytest.raises(TypeError, match="mixes key types"):
+        split_tensors({"a": 1, 2: 3}, "", {})
     tensors = {}
     assert join_tensors(split_tensors(state, "", tensors), tensors)["t"] == 7
 

@@ -153,10 +153,14 @@ def test_sigterm_and_sigkill_then_resume_equal_an_uninterrupted_run(tmp_path):
 MOMENTUM_Q2 = ["estimator=zo-sgd-momentum", "estimator.one_sided=true", "estimator.q=2", "estimator.schedule=cosine"]
 
 
-@pytest.mark.parametrize("combo", ["zo-adam-adalezo", "momentum-one-sided-q2-cosine"])
+COMBOS = {"zo-adam-adalezo": ADAM_ADALEZO, "momentum-one-sided-q2-cosine": MOMENTUM_Q2,
+          "fo-adam": ["estimator=fo-adam"]}  # torch.optim's state_dict: int keys, tensors, tuples
+
+
+@pytest.mark.parametrize("combo", COMBOS)
 def test_stop_and_resume_with_state_equals_uninterrupted(tmp_path, combo):
     """Stateful estimators and sampler (their state_dicts must round-trip), q = 2 one-sided, a decaying lr."""
-    extra = ADAM_ADALEZO if combo == "zo-adam-adalezo" else MOMENTUM_Q2
+    extra = COMBOS[combo]
     common = ["budget.steps=24", "budget.checkpoint_every=10", "budget.eval_every=8", *extra]
     run_here(tmp_path / "whole", *common)
     _, stopped = run_here(tmp_path / "cut", *common, hook=stop_at(13))

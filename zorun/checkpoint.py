@@ -40,6 +40,7 @@ FORMAT = 1
 PARAMS, STATE, META = "params.safetensors", "state.safetensors", "state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TENSOR = "__tensor__"
+_INT_KEYS = "__int_keys__"
 
 
 class CheckpointError(ZorunError):
@@ -57,21 +58,25 @@ def split_tensors(tree: Any, prefix: str, tensors: Dict[str, torch.Tensor]) -> A
         tensors[prefix] = tree.detach()
         return {_TENSOR: prefix}
     if isinstance(tree, dict):
-        if not all(isinstance(k, str) for k in tree):
-            raise TypeError(f"state at '{prefix}' has non-string keys; state_dict() must use str keys")
-        return {k: split_tensors(v, f"{prefix}/{k}", tensors) for k, v in tree.items()}
+        if all(isinstance(k, str) for k in tree) and _INT_KEYS not in tree:
+            return {k: split_tensors(v, f"{prefix}/{k}", tensors) for k, v in tree.items()}
+        if all(isinstance(k, int) and not isinstance(k, bool) for k in tree):  # torch.optim's per-parameter state
+            return {_INT_KEYS: {str(k): split_tensors(v, f"{prefix}/{k}", tensors) for k, v in tree.items()}}
+        raise TypeError(f"state at '{prefix}' mixes key types; state_dict() may use str or int keys")
     if isinstance(tree, (list, tuple)):
         return [split_tensors(v, f"{prefix}/{i}", tensors) for i, v in enumerate(tree)]
     if tree is None or isinstance(tree, (bool, int, float, str)):
         return tree
     raise TypeError(f"state at '{prefix}' is a {type(tree).__name__}; state_dict() may hold tensors, "
-                    f"dicts, lists, numbers, strings and None only")
+                    f"dicts (str or int keys), lists, numbers, strings and None only")
 
 
 def join_tensors(tree: Any, tensors: Dict[str, torch.Tensor]) -> Any:
     if isinstance(tree, dict):
         if set(tree) == {_TENSOR}:
             return tensors[tree[_TENSOR]]
+        if set(tree) == {_INT_KEYS}:
+            return {int(k): join_tensors(v, tensors) for k, v in tree[_INT_KEYS].items()}
         return {k: join_tensors(v, tensors) for k, v in tree.items()}
     if isinstance(tree, list):
         return [join_tensors(v, tensors) for v in tree]

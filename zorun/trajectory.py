@@ -108,7 +108,7 @@ class RecordingLoss:
 
     def __call__(self) -> float:
         value = self.fn()
-        self.values.append(float(value))  # first-order oracles return a tensor; the log keeps its value
+        self.values.append(_float(value))  # first-order oracles return a tensor; the log keeps its value
         return value
 
 
