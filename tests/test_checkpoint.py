@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import os
 import random
 import stat
 from pathlib import Path
@@ -15,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_llama
-from test_resume import compose_cfg, run_here, toys  # noqa: F401  (toys: a fixture)
+from test_resume import ADAM_ADALEZO, compose_cfg, run_here
 from zorun import cli as zcli
 from zorun import kernels
 from zorun.checkpoint import (PARAMS, STATE, Checkpoint, CheckpointError, Checkpoints, NonFiniteError, join_tensors,
@@ -33,12 +31,14 @@ from zorun.trajectory import ReplayError
 def test_state_trees_round_trip_tensors_through_safetensors_and_the_rest_through_json(tmp_path):
     gen = torch.Generator().manual_seed(3)
     state = {"m": [torch.randn(3, 2), None, torch.zeros(4, dtype=torch.float64)], "t": 7, "beta": 0.9,
+             "optimizer": {0: {"step": torch.tensor(3.0)}, 5: {"step": torch.tensor(1.0)}},  # torch.optim's int keys
              "draw": {"counts": torch.tensor([0, 2, 1]), "name": "x"}, "generator": gen.get_state()}
     space = ParamSpace.from_model(tiny_llama())
     path = Checkpoints(tmp_path, keep=2).save(5, space, {"config": {}, "logs": {}}, {"estimator": state})
     ckpt = Checkpoint.open(path)
     back = ckpt.load_state()["estimator"]
     assert back["t"] == 7 and back["beta"] == 0.9 and back["m"][1] is None and back["draw"]["name"] == "x"
+    assert sorted(back["optimizer"]) == [0, 5] and float(back["optimizer"][0]["step"]) == 3.0
     assert torch.equal(back["m"][0], state["m"][0]) and back["m"][2].dtype == torch.float64
     assert torch.equal(back["draw"]["counts"], state["draw"]["counts"])
     restored = torch.Generator()
@@ -47,6 +47,8 @@ def test_state_trees_round_trip_tensors_through_safetensors_and_the_rest_through
     assert json.loads((path / "state.json").read_text())["format"] == 1
     with pytest.raises(TypeError, match="state at '/bad'"):
         split_tensors({"bad": object()}, "", {})
+    with pytest.raises(TypeError, match="mixes key types"):
+        split_tensors({"a": 1, 2: 3}, "", {})
     tensors = {}
     assert join_tensors(split_tensors(state, "", tensors), tensors)["t"] == 7
 
@@ -245,17 +247,17 @@ def test_huge_lr_diverges_and_the_last_checkpoint_is_finite(tmp_path):
 
 
 # ------------------------------------------------------------------ replay
-def test_replay_rebuilds_the_trained_parameters_bit_for_bit(tmp_path, capsys, toys):
+def test_replay_rebuilds_the_trained_parameters_bit_for_bit(tmp_path, capsys):
     run_here(tmp_path / "mezo", "budget.steps=12", "budget.checkpoint_every=6")
     assert run_replay(tmp_path / "mezo", None, None, None, 0.0) == 0
     out = capsys.readouterr().out
     assert "equal bit for bit" in out and "bytes per 1,000 steps" in out
     assert run_replay(tmp_path / "mezo", 6, tmp_path / "six.safetensors", None, 0.0) == 0  # a prefix: step 6
 
-    run_here(tmp_path / "toy", "budget.steps=12", "budget.checkpoint_every=12", *toys)
-    assert run_replay(tmp_path / "toy", None, None, None, 0.0) == 0  # adalezo's subsets with IPW weights
-    trained = load_file(str(tmp_path / "toy" / "checkpoints" / "step-00000012" / PARAMS))
-    replayed = load_file(str(tmp_path / "toy" / "replayed.safetensors"))
+    run_here(tmp_path / "adam", "budget.steps=12", "budget.checkpoint_every=12", *ADAM_ADALEZO)
+    assert run_replay(tmp_path / "adam", None, None, None, 0.0) == 0  # adalezo's layer subsets with IPW weights
+    trained = load_file(str(tmp_path / "adam" / "checkpoints" / "step-00000012" / PARAMS))
+    replayed = load_file(str(tmp_path / "adam" / "replayed.safetensors"))
     assert all(torch.equal(trained[k], replayed[k]) for k in trained)
 
     log = tmp_path / "mezo" / "trajectory.jsonl"
@@ -269,3 +271,21 @@ def test_replay_rebuilds_the_trained_parameters_bit_for_bit(tmp_path, capsys, to
     log.write_text("\n".join(lines[:3] + [json.dumps(edit)] + lines[4:]) + "\n")
     with pytest.raises(ReplayError, match="step 2: the replayed projected gradient"):
         run_replay(tmp_path / "mezo", None, None, None, 0.0)
+
+
+def test_plans_round_trip_through_the_log_and_runs_are_packed():
+    from zorun.trajectory import decode_plan, encode_plan
+
+    cases = [Plan(seed=5, blocks=torch.tensor([3, 4, 5, 9, 10, 11, 12]),
+                  weight=torch.tensor([2.5, 2.5, 2.5, 1.25, 1.25, 1.25, 1.25])),
+             Plan(seed=6, blocks=torch.tensor([0, 2, 4]), scale=torch.tensor([0.1, 0.3, 0.7]).float()),
+             Plan(seed=7, blocks=torch.arange(20))]
+    for plan in cases:
+        record = json.loads(json.dumps(encode_plan(plan, 20)))
+        back = decode_plan(record, 20)
+        for field in ("blocks", "scale", "weight"):
+            a, b = getattr(plan, field), getattr(back, field)
+            assert (a is None and b is None) or (torch.equal(a, b) and a.dtype == b.dtype), field
+    assert encode_plan(cases[0], 20)["blocks"] == {"int64": {"ranges": [[3, 3], [9, 4]]}}
+    assert encode_plan(cases[0], 20)["weight"] == {"float32": {"runs": [[2.5, 3], [1.25, 4]]}}
+    assert encode_plan(cases[2], 20) == {"seed": 7}  # every block: nothing but the seed

@@ -23,7 +23,7 @@ from zorun.config import ESTIMATOR_SCHEMAS
 from zorun.estimators.adam import ZOAdam
 from zorun.estimators.first_order import FOAdam
 from zorun.estimators.hizoo import HiZOO
-from zorun.estimators.lozo import LOZO, LOZOM
+from zorun.estimators.lozo import LOZOM
 from zorun.estimators.momentum import ZOMomentum
 from zorun.estimators.schedule import LRSchedule
 from zorun.kernels.reference import z_chunks

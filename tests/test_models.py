@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from conftest import read_summary, tiny_llama
 from zorun.errors import ZorunError

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 
 from conftest import tiny_llama
 from zorun.params import ParamSpace

@@ -22,10 +22,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from zorun import registry
 from zorun.checkpoint import PARAMS, Checkpoints
 from zorun.cli import CONF_DIR
-from zorun.estimators.mezo import MeZO
 from zorun.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,74 +103,55 @@ def wait_for_steps(proc: subprocess.Popen, run_dir: Path, steps: int, timeout: f
     raise AssertionError(f"no step {steps} within {timeout} s")
 
 
-LONG = ["budget.steps=80", "budget.checkpoint_every=15"]
+LONG = ["budget.steps=50", "budget.checkpoint_every=10"]
+ADAM_ADALEZO = ["estimator=zo-adam", "sampler=adalezo"]  # Adam moments + a bandit with its own generator
 
 
 def test_sigterm_and_sigkill_then_resume_equal_an_uninterrupted_run(tmp_path):
-    term_dir, kill_dir = tmp_path / "term", tmp_path / "kill"
-    term, kill = start_cli(term_dir, *LONG), start_cli(kill_dir, *LONG)
+    """SIGTERM mezo/uniform and zo-adam/adalezo, SIGKILL mezo/uniform (three CLI runs at once), resume each."""
+    cases = {"term": (LONG, signal.SIGTERM, 8), "term-adam": (LONG + ADAM_ADALEZO, signal.SIGTERM, 8),
+             "kill": (LONG, signal.SIGKILL, 15)}
+    procs = {name: start_cli(tmp_path / name, *overrides) for name, (overrides, _, _) in cases.items()}
+    for name, (_, sig, at) in cases.items():
+        wait_for_steps(procs[name], tmp_path / name, at)
+        procs[name].send_signal(sig)
+    errors = {name: proc.communicate(timeout=120)[1] for name, proc in procs.items()}
 
-    wait_for_steps(term, term_dir, 8)
-    term.send_signal(signal.SIGTERM)
-    wait_for_steps(kill, kill_dir, 20)
-    kill.send_signal(signal.SIGKILL)
-    _, err = term.communicate(timeout=120)
-    kill.communicate(timeout=60)
+    resumed_at = {}
+    for name in ("term", "term-adam"):
+        assert procs[name].returncode == 128 + signal.SIGTERM, errors[name]
+        stopped = json.loads((tmp_path / name / "summary.json").read_text())
+        assert stopped["status"] == "stopped" and 8 <= stopped["steps"] < 50, stopped
+        assert errors[name].strip().splitlines()[-1].startswith(f"zorun: stopped by SIGTERM at step {stopped['steps']}")
+        assert Checkpoints(tmp_path / name / "checkpoints", 1).steps()[-1][0] == stopped["steps"]  # saved on the way out
+        resumed_at[name] = stopped["steps"]
 
-    assert term.returncode == 128 + signal.SIGTERM, err
-    stopped = json.loads((term_dir / "summary.json").read_text())
-    assert stopped["status"] == "stopped" and 8 <= stopped["steps"] < 80, stopped
-    assert err.strip().splitlines()[-1].startswith(f"zorun: stopped by SIGTERM at step {stopped['steps']}")
-    assert Checkpoints(term_dir / "checkpoints", 1).steps()[-1][0] == stopped["steps"]  # saved on the way out
-
-    assert kill.returncode == -signal.SIGKILL
-    saved = [step for step, _ in Checkpoints(kill_dir / "checkpoints", 1).steps()]
-    killed_at = (kill_dir / "trajectory.jsonl").read_text().count("\n") - 1
-    assert saved and saved[-1] % 15 == 0 and saved[-1] <= killed_at < 80
+    assert procs["kill"].returncode == -signal.SIGKILL
+    saved = [step for step, _ in Checkpoints(tmp_path / "kill" / "checkpoints", 1).steps()]
+    killed_at = (tmp_path / "kill" / "trajectory.jsonl").read_text().count("\n") - 1
+    assert saved and saved[-1] % 10 == 0 and saved[-1] <= killed_at < 50
+    resumed_at["kill"] = saved[-1]
 
     run_here(tmp_path / "whole", *LONG)
-    for d, start in ((term_dir, stopped["steps"]), (kill_dir, saved[-1])):  # resume: relaunch into the directory
-        run, summary = run_here(d, *LONG)
-        assert summary["status"] == "completed" and summary["resumed_from"] == start
-        assert not list((d / "checkpoints").glob(".tmp-*"))
-        assert_same_run(tmp_path / "whole", d)
+    run_here(tmp_path / "whole-adam", *LONG, *ADAM_ADALEZO)
+    for name, (overrides, _, _) in cases.items():  # resume: a relaunch into the same directory
+        _, summary = run_here(tmp_path / name, *overrides)
+        assert summary["status"] == "completed" and summary["resumed_from"] == resumed_at[name]
+        assert not list((tmp_path / name / "checkpoints").glob(".tmp-*"))
+        assert_same_run(tmp_path / ("whole-adam" if name == "term-adam" else "whole"), tmp_path / name)
 
 
-class ToyAdaGrad(MeZO):
-    """Test-only stateful estimator: MeZO whose lr is divided by sqrt(1 + Σ g²) over past steps (a tensor state)."""
-
-    name = "toy-adagrad"
-
-    def __init__(self, cfg, space):
-        super().__init__(cfg, space)
-        self.sum_sq = torch.zeros((), dtype=torch.float64)
-        self.steps = 0
-
-    def step(self, plan, loss, lr, clock):
-        result = super().step(plan, loss, lr / float(torch.sqrt(1 + self.sum_sq)), clock)
-        if result.finite:
-            self.sum_sq += result.grad ** 2
-            self.steps += 1
-        return result
-
-    def state_dict(self):
-        return {"sum_sq": self.sum_sq.clone(), "steps": self.steps}
-
-    def load_state_dict(self, state):
-        self.sum_sq, self.steps = state["sum_sq"].clone(), int(state["steps"])
+MOMENTUM_Q2 = ["estimator=zo-sgd-momentum", "estimator.one_sided=true", "estimator.q=2", "estimator.schedule=cosine"]
 
 
-@pytest.fixture
-def toys(monkeypatch):
-    """A stateful estimator (until zo-adam lands on main) with adalezo (a stateful sampler with a generator)."""
-    monkeypatch.setitem(registry.ESTIMATORS, "toy-adagrad", ToyAdaGrad)
-    return ["estimator.name=toy-adagrad", "sampler=adalezo", "estimator.lr=2e-3"]
+COMBOS = {"zo-adam-adalezo": ADAM_ADALEZO, "momentum-one-sided-q2-cosine": MOMENTUM_Q2,
+          "fo-adam": ["estimator=fo-adam"]}  # torch.optim's state_dict: int keys, tensors, tuples
 
 
-@pytest.mark.parametrize("combo", ["toys", "mezo-one-sided-q2"])
-def test_stop_and_resume_with_state_equals_uninterrupted(tmp_path, toys, combo):
-    """A stateful estimator with adalezo (their state_dicts must round-trip), and one-sided MeZO with q=2."""
-    extra = toys if combo == "toys" else ["estimator.one_sided=true", "estimator.q=2"]
+@pytest.mark.parametrize("combo", COMBOS)
+def test_stop_and_resume_with_state_equals_uninterrupted(tmp_path, combo):
+    """Stateful estimators and sampler (their state_dicts must round-trip), q = 2 one-sided, a decaying lr."""
+    extra = COMBOS[combo]
     common = ["budget.steps=24", "budget.checkpoint_every=10", "budget.eval_every=8", *extra]
     run_here(tmp_path / "whole", *common)
     _, stopped = run_here(tmp_path / "cut", *common, hook=stop_at(13))
@@ -180,8 +159,9 @@ def test_stop_and_resume_with_state_equals_uninterrupted(tmp_path, toys, combo):
     run, resumed = run_here(tmp_path / "cut", *common)
     assert resumed["resumed_from"] == 13 and run.batches_done == 24
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
-    if combo == "toys":  # the state mattered: without restoring it the parameters would differ
-        assert float(run.estimator.sum_sq) > 0 and run.sampler.observed == 24
+    assert run.estimator.steps == 24 and run.estimator.state_bytes > 0
+    if combo == "zo-adam-adalezo":
+        assert run.sampler.observed == 24
         assert (tmp_path / "whole" / "adalezo.jsonl").read_text() == (tmp_path / "cut" / "adalezo.jsonl").read_text()
 
 
@@ -202,3 +182,14 @@ def test_resume_refuses_a_changed_config_and_a_missing_checkpoint(tmp_path, caps
     empty = tmp_path / "empty"
     with pytest.raises(ZorunError, match="holds no checkpoint"):
         Run(compose_cfg(f"resume={empty}"), str(empty)).setup()
+
+
+def test_a_fresh_start_empties_only_the_runs_own_logs(tmp_path):
+    """No checkpoint (budget.checkpoint_every=0): a relaunch starts over; other .jsonl files are left alone."""
+    (tmp_path / "data.jsonl").write_text('{"prompt": "mine"}\n')
+    run_here(tmp_path, "budget.steps=2", "budget.checkpoint_every=0")
+    first = (tmp_path / "metrics.jsonl").read_text()
+    run_here(tmp_path, "budget.steps=2", "budget.checkpoint_every=0")
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == first.count("\n") == 2
+    assert (tmp_path / "trajectory.jsonl").read_text().count("\n") == 3  # header + 2 steps, once
+    assert (tmp_path / "data.jsonl").read_text() == '{"prompt": "mine"}\n'

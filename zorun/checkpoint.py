@@ -40,6 +40,7 @@ FORMAT = 1
 PARAMS, STATE, META = "params.safetensors", "state.safetensors", "state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TENSOR = "__tensor__"
+_INT_KEYS = "__int_keys__"
 
 
 class CheckpointError(ZorunError):
@@ -57,21 +58,25 @@ def split_tensors(tree: Any, prefix: str, tensors: Dict[str, torch.Tensor]) -> A
         tensors[prefix] = tree.detach()
         return {_TENSOR: prefix}
     if isinstance(tree, dict):
-        if not all(isinstance(k, str) for k in tree):
-            raise TypeError(f"state at '{prefix}' has non-string keys; state_dict() must use str keys")
-        return {k: split_tensors(v, f"{prefix}/{k}", tensors) for k, v in tree.items()}
+        if all(isinstance(k, str) for k in tree) and _INT_KEYS not in tree:
+            return {k: split_tensors(v, f"{prefix}/{k}", tensors) for k, v in tree.items()}
+        if all(isinstance(k, int) and not isinstance(k, bool) for k in tree):  # torch.optim's per-parameter state
+            return {_INT_KEYS: {str(k): split_tensors(v, f"{prefix}/{k}", tensors) for k, v in tree.items()}}
+        raise TypeError(f"state at '{prefix}' mixes key types; state_dict() may use str or int keys")
     if isinstance(tree, (list, tuple)):
         return [split_tensors(v, f"{prefix}/{i}", tensors) for i, v in enumerate(tree)]
     if tree is None or isinstance(tree, (bool, int, float, str)):
         return tree
     raise TypeError(f"state at '{prefix}' is a {type(tree).__name__}; state_dict() may hold tensors, "
-                    f"dicts, lists, numbers, strings and None only")
+                    f"dicts (str or int keys), lists, numbers, strings and None only")
 
 
 def join_tensors(tree: Any, tensors: Dict[str, torch.Tensor]) -> Any:
     if isinstance(tree, dict):
         if set(tree) == {_TENSOR}:
             return tensors[tree[_TENSOR]]
+        if set(tree) == {_INT_KEYS}:
+            return {int(k): join_tensors(v, tensors) for k, v in tree[_INT_KEYS].items()}
         return {k: join_tensors(v, tensors) for k, v in tree.items()}
     if isinstance(tree, list):
         return [join_tensors(v, tensors) for v in tree]
@@ -267,19 +272,22 @@ def _first_line(err: BaseException) -> str:
 
 
 # ----------------------------------------------------------------- logs
-def log_sizes(out_dir: Path) -> Dict[str, int]:
-    """Byte size of every per-step log (*.jsonl) of the run, fsynced: where a resume cuts them back to."""
+def log_sizes(paths: List[Path]) -> Dict[str, int]:
+    """Byte size of each per-step log, fsynced: where a resume cuts them back to."""
     sizes = {}
-    for path in sorted(Path(out_dir).glob("*.jsonl")):
-        _fsync(path)
-        sizes[path.name] = path.stat().st_size
+    for path in paths:
+        if path.exists():
+            _fsync(path)
+            sizes[path.name] = path.stat().st_size
     return sizes
 
 
-def truncate_logs(out_dir: Path, sizes: Dict[str, int]) -> None:
-    """Cut every per-step log back to its size at the checkpoint (0 for a fresh start), dropping what a
+def truncate_logs(paths: List[Path], sizes: Dict[str, int]) -> None:
+    """Cut each per-step log back to its size at the checkpoint (0 for a fresh start), dropping what a
     stopped or killed attempt wrote after it, so the resumed run appends exactly what an uninterrupted one would."""
-    for path in sorted(Path(out_dir).glob("*.jsonl")):
+    for path in paths:
+        if not path.exists():
+            continue
         size = sizes.get(path.name, 0)
         if path.stat().st_size < size:
             raise CheckpointError(f"{path} is shorter ({path.stat().st_size} bytes) than when the checkpoint was "

@@ -194,7 +194,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if not (args.hydra_help or args.info or args.shell_completion):
         try:
             overrides = expand_resume(args.overrides, args.multirun)
-            argv = [a for a in argv if a not in args.overrides] + overrides
+            if overrides != args.overrides:  # resume=RUN_DIR: the run's own overrides first, then these
+                argv = [a for a in argv if a not in args.overrides] + overrides
             preflight(overrides, args.multirun)
         except (ZorunError, HydraException, OmegaConfBaseException) as ex:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-import torch
 from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -68,7 +67,10 @@ def run_replay(run_dir: Path, steps: int | None, out: Path | None, device: str |
     if device:
         cfg.model.device = device
     header, records = read(run_dir / NAME)
-    stop = steps if steps is not None else (records[-1]["step"] + 1 if records else 0)
+    logged = records[-1]["step"] + 1 if records else 0
+    if steps is not None and not 0 <= steps <= logged:
+        raise ReplayError(f"--steps {steps}: the log of {run_dir} holds steps 0..{logged - 1}")
+    stop = logged if steps is None else steps
     run = Run(cfg, str(run_dir))
     started = time.perf_counter()
     run.build_model()

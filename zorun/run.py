@@ -11,14 +11,13 @@ undoes bit for bit (see docs/checkpoints.md).
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from zorun import kernels
 from zorun.checkpoint import (Checkpoint, CheckpointError, Checkpoints, NonFiniteError, all_finite, log_sizes,
@@ -45,7 +44,8 @@ log = logging.getLogger(__name__)
 
 
 # Run counters a checkpoint carries (with the loss tail, dev_initial, wall time and phase times).
-RUN_STATE = ("step", "batches_done", "forward_passes", "eval_examples", "skipped_steps", "consecutive_skips", "best")
+RUN_STATE = ("step", "batches_done", "forward_passes", "backward_passes", "eval_examples", "skipped_steps",
+             "consecutive_skips", "best")
 
 
 class Run:
@@ -88,14 +88,15 @@ class Run:
         if latest is None and cfg.resume:
             raise ZorunError(f"resume={cfg.resume}: {self.checkpoints.root} holds no checkpoint (budget.checkpoint_every=0 "
                              f"and never stopped by a signal?); start the run afresh without resume=")
-        truncate_logs(self.out_dir, latest.meta["logs"] if latest else {})  # a fresh start empties them
         self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl")
         self.wandb = start_run_logger(cfg, self.out_dir)
         with self.clock("setup"):
             self.task = build_task(cfg.task)  # data problems surface before the model loads
             self.tokenizer = load_tokenizer(cfg.model)
             self.build_model()
-        self.sampler.open_log(self.out_dir)  # after truncate_logs: a resumed sampler log continues at the checkpoint
+        self.sampler.open_log(self.out_dir)
+        # back to their sizes at the checkpoint (a fresh start empties them); writes append at the new end
+        truncate_logs(self.log_paths(), latest.meta["logs"] if latest else {})
         self.trajectory = TrajectoryWriter(self.out_dir / TRAJECTORY, {
             "num_blocks": len(self.space), "estimator": cfg.estimator.name, "sampler": cfg.sampler.name})
         log.info("model %s: %d trainable tensors, %.2fM parameters on %s", cfg.model.name,
@@ -103,6 +104,14 @@ class Run:
         if latest is not None:
             with self.clock("checkpoint"):
                 self.resume(latest)
+
+    def log_paths(self) -> List[Path]:
+        """The per-step logs this run appends to; a checkpoint records their sizes."""
+        paths = [self.metrics.path, self.out_dir / TRAJECTORY]
+        sampler_log = getattr(self.sampler, "log", None)  # a sampler's own per-step log (adalezo.jsonl)
+        if isinstance(sampler_log, MetricsWriter):
+            paths.append(sampler_log.path)
+        return paths
 
     def build_model(self) -> None:
         """The model as the run starts from it, its trainable blocks, the sampler and the estimator."""
@@ -136,7 +145,7 @@ class Run:
                  "rng": rng_state(), "run": self.run_state()}
         try:
             with self.clock("checkpoint"):
-                meta = {"config": self.comparable_config(), "logs": log_sizes(self.out_dir)}
+                meta = {"config": self.comparable_config(), "logs": log_sizes(self.log_paths())}
                 path = self.checkpoints.save(self.step, self.space, meta, state)
         except NonFiniteError as err:
             last = self.checkpoints.steps()

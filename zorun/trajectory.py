@@ -11,8 +11,12 @@ forward pass. ``trajectory.jsonl`` starts with a header line; then per step
     {"step": 12, "seed": 4242..., "lr": 0.001, "losses": [0.69, 0.70], "grad": -4.9}
 
 plus "blocks" when not every block is active and any other Plan field that is
-set (e.g. "weight": {"float32": [...]}). A step undone after a non-finite loss
-is logged with ``"skip": true`` and is not replayed.
+set, with its dtype (e.g. "weight": {"float32": [...]}). Runs are packed: a
+layer's consecutive block ids as {"ranges": [[first, count], ...]}, repeated
+values (one IPW weight per layer) as {"runs": [[value, count], ...]}, so an
+AdaLeZO step costs a few numbers per active layer, not per tensor. A step
+undone after a non-finite loss is logged with ``"skip": true`` and is not
+replayed.
 """
 
 from __future__ import annotations
@@ -54,9 +58,32 @@ def encode_plan(plan: Plan, num_blocks: int) -> Dict[str, Any]:
         if f.name == "blocks" and value.numel() == num_blocks and torch.equal(value.cpu(), torch.arange(num_blocks)):
             continue  # every block: the common case stays one short line
         if isinstance(value, torch.Tensor):
-            value = {str(value.dtype).removeprefix("torch."): value.tolist()}  # float32 -> float64 is exact
+            value = {str(value.dtype).removeprefix("torch."): _pack(value)}
         record[f.name] = value
     return record
+
+
+def _pack(t: torch.Tensor) -> Any:
+    """A tensor's values (float32 -> float64 is exact); a 1-D one as runs when that is shorter."""
+    values = t.tolist()
+    if t.ndim != 1:
+        return values
+    runs: List[List[Any]] = []  # [first, count]: ranges of consecutive ints, or repeats of a float
+    for v in values:
+        if runs and (v == runs[-1][0] + runs[-1][1] if not t.is_floating_point() else v == runs[-1][0]):
+            runs[-1][1] += 1
+        else:
+            runs.append([v, 1])
+    if 2 * len(runs) >= len(values):
+        return values
+    return {"runs" if t.is_floating_point() else "ranges": runs}
+
+
+def _unpack(data: Any, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(data, dict):
+        ((kind, runs),) = data.items()
+        data = [first + i if kind == "ranges" else first for first, count in runs for i in range(count)]
+    return torch.tensor(data, dtype=dtype)
 
 
 def decode_plan(record: Dict[str, Any], num_blocks: int) -> Plan:
@@ -67,9 +94,7 @@ def decode_plan(record: Dict[str, Any], num_blocks: int) -> Plan:
             continue
         if isinstance(value, dict) and len(value) == 1:
             (dtype, data), = value.items()
-            value = torch.tensor(data, dtype=getattr(torch, dtype))
-        elif key == "blocks":
-            value = torch.tensor(value, dtype=torch.long)
+            value = _unpack(data, getattr(torch, dtype))
         kwargs[key] = value
     return Plan(**kwargs)
 
@@ -83,7 +108,7 @@ class RecordingLoss:
 
     def __call__(self) -> float:
         value = self.fn()
-        self.values.append(float(value))  # first-order oracles return a tensor; the log keeps its value
+        self.values.append(_float(value))  # first-order oracles return a tensor; the log keeps its value
         return value
 
 
