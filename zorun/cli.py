@@ -22,7 +22,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from zorun.config import ConfigError, register_configs, validate
+from zorun.config import ConfigError, register_configs, validate, validate_metatrain
 from zorun.errors import ZorunError
 from zorun.multirun import register_sweeps, sweeps_dir
 from zorun.resume import expand_resume
@@ -115,13 +115,15 @@ def job_overrides(overrides: List[str], multirun: bool, compose) -> List[List[st
     return [job for batch in batches for job in batch]
 
 
-def preflight(overrides: List[str], multirun: bool) -> int:
-    """Compose and validate every job; return the number of jobs. Raises on the first bad one."""
+def preflight(overrides: List[str], multirun: bool, config_name: str = "config") -> int:
+    """Compose and validate every job; return the number of jobs. Raises on the first bad one.
+
+    config_name="metatrain" checks zorun-metatrain's config (its estimator is the teacher, not a ZO one)."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="zorun"):
         def _compose(ovr, return_hydra_config=False):
-            return compose("config", overrides=list(ovr), return_hydra_config=return_hydra_config)
+            return compose(config_name, overrides=list(ovr), return_hydra_config=return_hydra_config)
 
         jobs = job_overrides(overrides, multirun, _compose)
         for job in jobs:
@@ -129,9 +131,12 @@ def preflight(overrides: List[str], multirun: bool) -> int:
             check_targets(cfg)  # before anything else: nothing but zorun.* is ever instantiated
             check_known_keys(cfg)
             validate(cfg)
-            from zorun.registry import check_combination
+            if config_name == "metatrain":
+                validate_metatrain(cfg)
+            else:
+                from zorun.registry import check_combination
 
-            check_combination(cfg)
+                check_combination(cfg)
         check_writable(Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)))
     return len(jobs)
 
@@ -190,17 +195,24 @@ def main(argv: Optional[List[str]] = None) -> None:
     if any(a in ("-h", "--help") for a in argv):
         print(usage())
         return
+    run_app(_app, "config", argv, "zorun")
+
+
+def run_app(app, config_name: str, argv: List[str], prog: str) -> None:
+    """Pre-flight every job of the command line (one-line errors, exit 2), then hand over to the Hydra app."""
     args = _hydra_argv_parser().parse_args(argv)
     if not (args.hydra_help or args.info or args.shell_completion):
         try:
-            overrides = expand_resume(args.overrides, args.multirun)
-            if overrides != args.overrides:  # resume=RUN_DIR: the run's own overrides first, then these
-                argv = [a for a in argv if a not in args.overrides] + overrides
-            preflight(overrides, args.multirun)
+            overrides = args.overrides
+            if config_name == "config":
+                overrides = expand_resume(args.overrides, args.multirun)
+                if overrides != args.overrides:  # resume=RUN_DIR: the run's own overrides first, then these
+                    argv = [a for a in argv if a not in args.overrides] + overrides
+            preflight(overrides, args.multirun, config_name)
         except (ZorunError, HydraException, OmegaConfBaseException) as ex:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"zorun: error: {one_line(ex)}", file=sys.stderr)
+            print(f"{prog}: error: {one_line(ex)}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
     sys.argv = [sys.argv[0]] + list(argv)
-    _app()
+    app()

@@ -157,6 +157,7 @@ class LOZOMConfig(LOZOConfig):
 class FOSGDConfig(EstimatorConfig):
     name: str = "fo-sgd"
     momentum: float = 0.0
+    max_grad_norm: float = 0.0  # clip the gradient's global norm to this (0: no clip); PertNN's teacher uses 1.0
 
 
 @dataclass
@@ -165,6 +166,7 @@ class FOAdamConfig(EstimatorConfig):
     beta1: float = 0.9
     beta2: float = 0.999
     adam_eps: float = 1e-8
+    max_grad_norm: float = 0.0  # clip the gradient's global norm to this (0: no clip)
 
 
 ESTIMATOR_SCHEMAS = {
@@ -197,6 +199,21 @@ class AdaLeZOSamplerConfig(SamplerConfig):
     ipw_clip: float = 10.0  # cap on 1/(k*p_l); inf: no cap, exactly unbiased
     interval: int = 1  # redraw the active layers every `interval` steps
     warm_start: bool = False  # start with the policy biased to the deepest 40% of layers
+
+
+@dataclass
+class PertNNSamplerConfig(SamplerConfig):
+    """sampler=pertnn (zorun/samplers/pertnn.py): ZO Fine-tuner's learned per-block perturbation scales."""
+
+    name: str = "pertnn"
+    # trained networks (safetensors, see docs/pertnn.md); null: freshly initialised ones (meta-training only)
+    checkpoint: Optional[str] = None
+    rename: List[str] = field(default_factory=list)  # "REGEX=>REPLACEMENT" rules: model block name -> checkpoint name
+    normalize: bool = True  # trace-preserving normalisation: sum_b d_b (f sigma_b)^2 = sum_b d_b
+    embed_tokens: int = 15  # embedding matrices count as d_b = hidden x embed_tokens x batch_size (the reference's 15)
+    batch_size: int = 8  # the embedding rule's batch size (the YAML ties it to budget.batch_size)
+    log_every: int = 10  # steps between the per-block sigma records of pertnn.jsonl
+    init_seed: int = 0  # seed of freshly initialised networks (checkpoint=null)
 
 
 @dataclass
@@ -258,9 +275,29 @@ class RootConfig:
     resume: Optional[str] = None  # a run directory to continue from its last checkpoint (zorun resume=DIR)
 
 
+@dataclass
+class MetaTrainConfig:
+    """zorun-metatrain (zorun/metatrain.py): PertNN meta-training; defaults from ALGORITHMS.md."""
+
+    epochs: int = 20  # an epoch: one pass over the first task's training set (the others cycle alongside)
+    epochs_per_restart: int = 4  # reset θ to the base model and the teacher's momentum every this many epochs
+    eta_meta: float = 1e-6  # η_meta: the lr of the ZO step whose outcome is the meta-loss
+    lr_mlp: float = 1e-3  # SGD lr of the networks
+    eps: float = 1e-3  # ε of the SPSA probe
+    log_every: int = 10  # meta-steps between metrics.jsonl records
+    # extra tasks of the round robin, next to `task`: +task@metatrain.tasks.NAME=OPTION (then metatrain.tasks.NAME.*=...)
+    tasks: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MetaTrainRootConfig(RootConfig):
+    metatrain: MetaTrainConfig = field(default_factory=MetaTrainConfig)
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="zorun_schema", node=RootConfig)
+    cs.store(name="zorun_metatrain_schema", node=MetaTrainRootConfig)
     for group, node in {
         "model": ModelConfig,
         "task": TaskConfig,
@@ -272,6 +309,7 @@ def register_configs() -> None:
         cs.store(group=f"schema/{group}", name="base", node=node)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
     cs.store(group="schema/sampler", name="adalezo", node=AdaLeZOSamplerConfig)
+    cs.store(group="schema/sampler", name="pertnn", node=PertNNSamplerConfig)
     for name, node in ESTIMATOR_SCHEMAS.items():
         cs.store(group="schema/estimator", name=name, node=node)
 
@@ -304,6 +342,8 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.model.max_length >= 8, "model.max_length", cfg.model.max_length, "it must be >= 8")
     if cfg.sampler.name == "adalezo":
         _validate_adalezo(cfg.sampler)
+    if cfg.sampler.name == "pertnn":
+        _validate_pertnn(cfg.sampler)
     if cfg.model.init == ModelInit.random and not cfg.model.arch:
         raise ConfigError(f"model.init=random needs model.arch fields, and model={cfg.model.name} has none")
     if task.name == "local" and not task.path:
@@ -317,6 +357,33 @@ def _validate_adalezo(s: DictConfig) -> None:
     _require(0 < s.ema_alpha <= 1, "sampler.ema_alpha", s.ema_alpha, "it must be in (0, 1]")
     _require(s.ipw_clip > 0, "sampler.ipw_clip", s.ipw_clip, "it must be > 0 (inf: no clip)")
     _require(s.interval >= 1, "sampler.interval", s.interval, "it must be >= 1")
+
+
+def validate_metatrain(cfg: DictConfig) -> None:
+    """The meta-training keys; the rest of the config is checked by validate()."""
+    m = cfg.metatrain
+    _require(m.epochs >= 1, "metatrain.epochs", m.epochs, "it must be >= 1")
+    _require(m.epochs_per_restart >= 1, "metatrain.epochs_per_restart", m.epochs_per_restart, "it must be >= 1")
+    _require(m.eta_meta > 0, "metatrain.eta_meta", m.eta_meta, "it must be > 0")
+    _require(m.lr_mlp > 0, "metatrain.lr_mlp", m.lr_mlp, "it must be > 0")
+    _require(m.eps > 0, "metatrain.eps", m.eps, "it must be > 0")
+    _require(m.log_every >= 1, "metatrain.log_every", m.log_every, "it must be >= 1")
+    if cfg.sampler.name != "pertnn":
+        raise ConfigError(f"zorun-metatrain trains sampler=pertnn's networks; got sampler={cfg.sampler.name}")
+    if cfg.estimator.name not in ("fo-sgd", "fo-adam"):
+        raise ConfigError(f"the teacher trajectory is first-order: estimator=fo-sgd (the paper's, momentum 0.8) or "
+                          f"fo-adam; got estimator={cfg.estimator.name}")
+    if cfg.kernels == KernelBackend.triton:
+        raise ConfigError("meta-training regenerates z with the torch reference generator for its meta-gradient; "
+                          "use kernels=torch or auto")
+
+
+def _validate_pertnn(s: DictConfig) -> None:
+    _require(s.embed_tokens >= 1, "sampler.embed_tokens", s.embed_tokens, "it must be >= 1")
+    _require(s.batch_size >= 1, "sampler.batch_size", s.batch_size, "it must be >= 1")
+    _require(s.log_every >= 1, "sampler.log_every", s.log_every, "it must be >= 1")
+    for rule in s.rename:
+        _require("=>" in rule, "sampler.rename", rule, "each rule is 'REGEX=>REPLACEMENT'")
 
 
 def _validate_estimator(est: DictConfig) -> None:
@@ -335,6 +402,7 @@ def _validate_estimator(est: DictConfig) -> None:
         "hessian_smooth": (lambda x: 0 <= x <= 1, "it must be in [0, 1] (the EMA rate of the Hessian estimate)"),
         "rank": (lambda x: x >= 1, "it must be >= 1"),
         "interval": (lambda x: x >= 1, "it must be >= 1 (steps a V is kept)"),
+        "max_grad_norm": (lambda x: x >= 0, "it must be >= 0 (0: no clip)"),
     }
     for key, (ok, rule) in rules.items():
         if key in est:

@@ -17,12 +17,13 @@ from zorun.estimators.momentum import ZOMomentum
 from zorun.estimators.sign import ZOSign
 from zorun.samplers.adalezo import AdaLeZOSampler
 from zorun.samplers.base import Sampler
+from zorun.samplers.pertnn import PertNNSampler
 from zorun.samplers.uniform import UniformSampler
 
 ESTIMATORS: Dict[str, Type[Estimator]] = {
     cls.name: cls for cls in (MeZO, ZOMomentum, ZOSign, ZOAdam, HiZOO, LOZO, LOZOM, FOSGD, FOAdam)
 }
-SAMPLERS: Dict[str, Type[Sampler]] = {"uniform": UniformSampler, "adalezo": AdaLeZOSampler}
+SAMPLERS: Dict[str, Type[Sampler]] = {"uniform": UniformSampler, "adalezo": AdaLeZOSampler, "pertnn": PertNNSampler}
 # Samplers whose Plan is every block at scale 1 and weight 1: the only ones a first-order
 # (gradient) estimator can honour, since it has no direction distribution to shape.
 GRADIENT_SAMPLERS = {"uniform"}
@@ -39,6 +40,9 @@ def check_combination(cfg: DictConfig) -> None:
     if cls.differentiable and sampler not in GRADIENT_SAMPLERS:
         raise ConfigError(f"estimator={est} uses exact gradients, so sampler={sampler}'s direction distribution "
                           f"means nothing to it; use sampler={' or '.join(sorted(GRADIENT_SAMPLERS))}, or a ZO estimator")
+    if sampler == "pertnn" and not cfg.sampler.checkpoint:
+        raise ConfigError("sampler=pertnn needs trained networks: sampler.checkpoint=PATH.safetensors "
+                          "(from zorun-metatrain, or zorun-pertnn import of released ones)")
     cls.check(cfg.estimator)
 
 

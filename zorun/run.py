@@ -31,7 +31,7 @@ from zorun.params import ParamSpace
 from zorun.preemption import StopSignals
 from zorun.registry import build_estimator, build_sampler
 from zorun.replay import replay
-from zorun.tasks import Example, build_task
+from zorun.tasks import Example, Task, build_task
 from zorun.tasks.scoring import classification_loss, encode, evaluate_classification, evaluate_generation, lm_loss
 from zorun.timing import Clock
 from zorun.tracking import Console, MetricsWriter, write_json_atomic
@@ -247,10 +247,11 @@ class Run:
         return False
 
     # ------------------------------------------------------------------- data
-    def batches(self, start: int = 0) -> Iterator[List[Example]]:
+    def batches(self, start: int = 0, task: Optional[Task] = None) -> Iterator[List[Example]]:
         """Reshuffled every epoch with a generator seeded by (seed, epoch): reproducible order, and
-        resumable at any position (`start` batches already consumed) without replaying the data."""
-        train, bs = self.task.train, self.cfg.budget.batch_size
+        resumable at any position (`start` batches already consumed) without replaying the data.
+        `task` (default: the run's) lets PertNN meta-training stream several tasks through one model."""
+        train, bs = (task or self.task).train, self.cfg.budget.batch_size
         starts = range(0, max(len(train) - bs, 0) + 1, bs)  # drop the last partial batch
         epoch, skip = divmod(start, len(starts))
         while True:
@@ -261,13 +262,14 @@ class Run:
             skip = 0
             epoch += 1
 
-    def make_loss(self, batch: List[Example], differentiable: bool = False):
+    def make_loss(self, batch: List[Example], differentiable: bool = False, task: Optional[Task] = None):
         """The loss oracle of one step: a no-grad forward on the (already encoded) batch, returning a float.
 
         differentiable=True (first-order estimators): the forward keeps its
         autograd graph and returns the loss tensor, for one backward pass.
         """
-        as_cls = self.task.type == "classification" and self.task.train_as_classification
+        task = task or self.task
+        as_cls = task.type == "classification" and task.train_as_classification
         enc = encode(self.tokenizer, batch, self.cfg.model.max_length, gold_only=not as_cls).to(self.device)
         fn = classification_loss if as_cls else lm_loss
 

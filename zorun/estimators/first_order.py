@@ -6,7 +6,9 @@ differentiable loss (one forward with autograd history); each step is one
 forward and one backward pass, then torch.optim.SGD or torch.optim.AdamW.
 Weight decay goes to the parameter group of decayed tensors only (never
 biases or norm weights): AdamW's is decoupled like the ZO estimators', SGD's
-is the classic L2 term (the same thing without momentum). Gradients are freed
+is the classic L2 term (the same thing without momentum). ``max_grad_norm`` > 0
+clips the global gradient norm first (torch.nn.utils.clip_grad_norm_; the
+reported grad is the norm before clipping). Gradients are freed
 after each step; ``state_bytes`` is the optimizer's state (momentum buffer,
 Adam moments), while gradients and activations show in ``peak_mem_bytes``.
 They ignore the sampler's Plan, so the registry pairs them with
@@ -33,6 +35,7 @@ class FirstOrder(Estimator):
         groups = [{"params": ps, "weight_decay": wd}
                   for ps, wd in ((decayed, float(cfg.weight_decay)), (rest, 0.0)) if ps]
         self.params = [b.tensor for b in space.blocks]
+        self.max_grad_norm = float(cfg.get("max_grad_norm", 0.0))  # HF Trainer's clip; 0: none
         self.optimizer = self.make_optimizer(groups)
 
     def make_optimizer(self, groups) -> torch.optim.Optimizer:
@@ -57,6 +60,8 @@ class FirstOrder(Estimator):
             norms = [torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]
             norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
             if math.isfinite(norm):
+                if self.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)  # gradients are not state between steps
         if not math.isfinite(norm):  # parameters untouched

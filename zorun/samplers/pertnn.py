@@ -1,0 +1,218 @@
+"""sampler=pertnn: ZO Fine-tuner's learned per-block perturbation scales (Zhang et al., ICML 2026).
+
+One network per block b, Linear(5, 64) → Tanh → Linear(64, 1) → abs, maps
+
+    x_t = [mean(θ_b), var(θ_b) (unbiased), L+_{t−1}, L−_{t−1}, σ_{t−1}]   (σ_0 = 1, L_{−1} = (0, 0))
+
+to σ_t, the block's perturbation std. With the trace-preserving normalisation
+(on by default) the Plan's scale is s_b = f·σ_b with
+
+    f = sqrt(Σ_b d_b) / sqrt(Σ_b d_b σ_b²),   so   Σ_b d_b s_b² = Σ_b d_b:
+
+the networks set the *shape* of the perturbation while E‖u‖² stays the
+dimension, so the lr keeps its meaning. d_b is the block's numel, except for
+embedding matrices, where only the rows of the batch's tokens receive
+gradient: d_b = hidden × embed_tokens × batch_size (the reference's 15 tokens
+per example). f carries no gradient. Every estimator honours the Plan's scale
+(the kernels multiply z_b by s_b in the perturbation and the update), so this
+sampler plugs into all of them; the networks are frozen here and trained by
+``zorun-metatrain`` (:mod:`zorun.samplers.pertnn_meta`).
+
+The networks are held stacked (one (n, 64, 5) weight for n blocks) so a step
+costs one batched matmul, not n module calls; :mod:`zorun.samplers.pertnn_io`
+stores them per block name.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from zorun.estimators.base import StepResult
+from zorun.params import _EMBED_RE, ParamSpace
+from zorun.plan import Plan
+from zorun.samplers.base import Sampler
+from zorun.tracking import MetricsWriter
+
+log = logging.getLogger(__name__)
+
+FEATURES = ("mean", "var", "loss_plus", "loss_minus", "sigma_prev")
+HIDDEN = 64
+LOG_NAME = "pertnn.jsonl"
+MOMENT_CHUNK = 1 << 24  # elements per chunk of the mean/variance pass (bounds the fp32 copy of 16-bit blocks)
+
+
+class BlockNets(nn.Module):
+    """n independent Linear(5, 64)–Tanh–Linear(64, 1)–abs networks evaluated as one batched op.
+
+    Network b is the nn.Sequential with state {"0.weight": w1[b], "0.bias": b1[b],
+    "2.weight": w2[b:b+1], "2.bias": b2[b:b+1]}, the layout of the released checkpoints.
+    """
+
+    def __init__(self, n: int, hidden: int = HIDDEN, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        k = len(FEATURES)
+        self.w1 = nn.Parameter(torch.empty(n, hidden, k))
+        self.b1 = nn.Parameter(torch.empty(n, hidden))
+        self.w2 = nn.Parameter(torch.empty(n, hidden))
+        self.b2 = nn.Parameter(torch.empty(n))
+        with torch.no_grad():  # nn.Linear's default init: U(±1/sqrt(fan_in)) for weight and bias
+            for p, fan_in in ((self.w1, k), (self.b1, k), (self.w2, hidden), (self.b2, hidden)):
+                p.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=generator)
+
+    def __len__(self) -> int:
+        return self.w1.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (n, 5) features, one row per block -> σ: (n,)."""
+        h = torch.tanh(torch.einsum("nhk,nk->nh", self.w1, x) + self.b1)
+        return ((h * self.w2).sum(-1) + self.b2).abs()
+
+    def block_state(self, b: int) -> Dict[str, torch.Tensor]:
+        """Network b as an nn.Sequential(Linear, Tanh, Linear) state dict."""
+        return {"0.weight": self.w1[b].detach(), "0.bias": self.b1[b].detach(),
+                "2.weight": self.w2[b : b + 1].detach(), "2.bias": self.b2[b : b + 1].detach()}
+
+    def load_block_state(self, b: int, state: Dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.w1[b].copy_(state["0.weight"])
+            self.b1[b].copy_(state["0.bias"])
+            self.w2[b].copy_(state["2.weight"].reshape(-1))
+            self.b2[b].copy_(state["2.bias"].reshape(()))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
+
+def block_moments(tensor: torch.Tensor) -> torch.Tensor:
+    """(mean, unbiased variance) of a tensor in float64, in fp32 chunks merged with Chan's formula.
+
+    Chunks keep a 16-bit block's fp32 copy small, and the merge avoids the
+    cancellation of E[x²] − E[x]² for weights with a large mean.
+    """
+    flat = tensor.detach().reshape(-1)
+    n_total, mean, m2 = 0, 0.0, 0.0
+    for start in range(0, flat.numel(), MOMENT_CHUNK):
+        chunk = flat[start : start + MOMENT_CHUNK].float()
+        n = chunk.numel()
+        var, mu = torch.var_mean(chunk, correction=0)
+        mu, chunk_m2 = float(mu), float(var) * n
+        delta = mu - mean
+        total = n_total + n
+        mean += delta * n / total
+        m2 += chunk_m2 + delta * delta * n_total * n / total
+        n_total = total
+    var = m2 / (n_total - 1) if n_total > 1 else 0.0
+    return torch.tensor([mean, var], dtype=torch.float64)
+
+
+def is_embedding(name: str, tensor: torch.Tensor) -> bool:
+    """Embedding matrices (token or position): only the rows of the batch's tokens get gradient."""
+    return tensor.ndim == 2 and _EMBED_RE.search(name) is not None
+
+
+def effective_sizes(space: ParamSpace, embed_tokens: int, batch_size: int) -> torch.Tensor:
+    """d_b of the normalisation: numel, or hidden × embed_tokens × batch_size for embedding matrices."""
+    return torch.tensor([b.tensor.shape[1] * embed_tokens * batch_size if is_embedding(b.name, b.tensor)
+                         else b.numel for b in space.blocks], dtype=torch.float64)
+
+
+def normalisation(sigma: torch.Tensor, sizes: torch.Tensor) -> float:
+    """f = sqrt(Σ d_b) / sqrt(Σ d_b σ_b²): a plain float, so no gradient flows through it."""
+    s = sigma.detach().to(torch.float64)
+    return math.sqrt(float(sizes.sum()) / max(float((sizes * s * s).sum()), 1e-300))
+
+
+class PertNNSampler(Sampler):
+    name = "pertnn"
+
+    def __init__(self, cfg, space: ParamSpace, seed: int):
+        super().__init__(cfg, space, seed)
+        from zorun.samplers import pertnn_io  # the format module imports this one
+
+        n = len(space)
+        if cfg.checkpoint:
+            self.nets = pertnn_io.load_for_space(cfg.checkpoint, space, list(cfg.rename))
+            log.info("pertnn: %d networks from %s", n, cfg.checkpoint)
+        else:
+            self.nets = BlockNets(n, generator=torch.Generator().manual_seed(int(cfg.init_seed)))
+        self.nets.requires_grad_(False)
+        self.normalize = bool(cfg.normalize)
+        self.sizes = effective_sizes(space, int(cfg.embed_tokens), int(cfg.batch_size))
+        self.log_every = int(cfg.log_every)
+        self.losses = torch.zeros(2, dtype=torch.float64)  # L+_{t−1}, L−_{t−1}
+        self.sigma = torch.ones(n)  # σ_{t−1}
+        self.step = -1
+        self.factor = 1.0
+        self.log: Optional[MetricsWriter] = None
+
+    # ------------------------------------------------------------- the maths
+    def features(self, losses: torch.Tensor, sigma_prev: torch.Tensor) -> torch.Tensor:
+        """x: (n, 5) float32 in FEATURES order, from θ now and the previous step's losses and σ."""
+        moments = torch.stack([block_moments(b.tensor) for b in self.space.blocks])
+        n = len(self.space)
+        return torch.cat([moments, losses.to(torch.float64).expand(n, 2),
+                          sigma_prev.detach().to(torch.float64).reshape(n, 1)], dim=1).float()
+
+    def scales(self, sigma: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(s, f): the Plan's per-block scale s = f·σ (f = 1 without normalisation)."""
+        f = normalisation(sigma, self.sizes) if self.normalize else 1.0
+        return (sigma.detach().double() * f).float(), f
+
+    # ------------------------------------------------------------- interface
+    def plan(self, step: int) -> Plan:
+        with torch.no_grad():
+            sigma = self.nets(self.features(self.losses, self.sigma))
+        scale, self.factor = self.scales(sigma)
+        self.current, self.step = sigma, step
+        return Plan(seed=self.step_seed(step), blocks=self.space.all_blocks(), scale=scale)
+
+    def observe(self, plan: Plan, result: StepResult) -> None:
+        """The next step's inputs: this step's L+ and L− (the last query's; L(θ) as L− one-sided) and σ."""
+        self.losses = torch.tensor([result.extras["loss_plus"], result.extras["loss_minus"]], dtype=torch.float64)
+        self.sigma = self.current
+        if self.log is not None and self.step % self.log_every == 0:
+            record: Dict[str, Any] = {"step": self.step, "factor": self.factor, "sigma": _rounded(self.current)}
+            if self.step == 0:
+                record["blocks"] = [b.name for b in self.space.blocks]
+            self.log.write(record)
+
+    def log_record(self) -> Dict[str, Any]:
+        """For metrics.jsonl: the effective scales s_b = f·σ_b of the last step (min, mean over blocks, max), f."""
+        if self.step < 0:
+            return {}
+        s = self.current.double() * self.factor
+        return {"scale_min": float(s.min()), "scale_mean": float(s.mean()), "scale_max": float(s.max()),
+                "norm_factor": self.factor}
+
+    def open_log(self, out_dir: Path) -> None:
+        self.log = MetricsWriter(Path(out_dir) / LOG_NAME)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> Dict[str, Any]:
+        """The recurrent inputs, and the networks themselves (a resume must not depend on the file staying put)."""
+        return {"losses": self.losses.clone(), "sigma": self.sigma.clone(),
+                "nets": {k: v.detach().clone() for k, v in self.nets.state_dict().items()}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state["sigma"].numel() != len(self.space):
+            raise ValueError(f"pertnn state has {state['sigma'].numel()} blocks, the model has {len(self.space)}")
+        self.losses = state["losses"].clone().to(torch.float64)
+        self.sigma = state["sigma"].clone().float()
+        self.nets.load_state_dict(state["nets"])
+
+
+def _rounded(values: torch.Tensor) -> List[float]:
+    """Six significant digits: enough for plots, and keeps a long run's log small."""
+    return [float(f"{v:.6g}") for v in values.tolist()]
