@@ -4,6 +4,10 @@
         GB/s of zorun's perturb and update passes against a plain copy_ of the
         same bytes (the bandwidth roofline) and against a MeZO-style pass
         (torch.normal into a fresh tensor, then θ + ε·z), one process, one table.
+    zorun-bench pertnn [metatrain overrides ...] [--size-preset opt-30b]
+        peak memory of one PertNN meta-training iteration (meta-step + teacher
+        step) against the first-order teacher step alone, same model and batch,
+        each in its own process; and the size of the networks for a preset.
     zorun-bench step [overrides ...] [--batch 4] [--seq-len 128]
         zorun's estimator/sampler step and a MeZO-style reference step (four
         torch.normal passes per tensor) alternated on the same random-init model
@@ -21,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -273,6 +278,50 @@ def bench_memory(args: argparse.Namespace) -> Dict[str, Any]:
     return {**result, "ratio": zo / fwd}
 
 
+def networks_size(preset: str) -> Dict[str, Any]:
+    """PertNN's networks for a preset's architecture: blocks from a meta-device model (no weights, no
+    download), parameter bytes in fp16 and fp32, and the size of zorun's safetensors file for them."""
+    import tempfile
+
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from zorun.samplers.pertnn import BlockNets
+    from zorun.samplers.pertnn_io import save
+
+    cfg = _compose([f"model={preset}"])
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**OmegaConf.to_container(cfg.model.arch)))
+    space = ParamSpace.from_model(model)
+    nets = BlockNets(len(space))
+    params = sum(p.numel() for p in nets.parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save(Path(tmp) / "nets.safetensors", nets, [b.name for b in space.blocks],
+                    [list(b.tensor.shape) for b in space.blocks], base_model=str(cfg.model.hf_id), source="bench")
+        file_bytes = path.stat().st_size
+    return {"preset": preset, "model_params": space.numel, "blocks": len(space), "net_params": params,
+            "fp16_bytes": 2 * params, "fp32_bytes": 4 * params, "file_bytes": file_bytes}
+
+
+def bench_pertnn(args: argparse.Namespace) -> Dict[str, Any]:
+    """Meta-training's peak memory against its first-order teacher alone, and the networks' size at scale."""
+    from zorun.memory import compare
+
+    mib = 2 ** 20
+    result = compare(list(args.overrides), modes=("teacher", "metatrain"))
+    teacher, meta = result["teacher"]["peak_bytes"], result["metatrain"]["peak_bytes"]
+    print(f"zorun-bench pertnn  overrides: {' '.join(args.overrides) or '(metatrain defaults)'}")
+    print(f"parameters                                   {result['teacher']['param_bytes'] / mib:10.1f} MiB")
+    print(f"first-order teacher step peak (fo-sgd, momentum)      {teacher / mib:10.1f} MiB")
+    print(f"meta-training iteration peak (meta-step + teacher)    {meta / mib:10.1f} MiB")
+    print(f"ratio meta-training / first-order: {meta / teacher:.3f}")
+    size = networks_size(args.size_preset)
+    print(f"networks for model={size['preset']} ({size['model_params'] / 1e9:.2f}B parameters, {size['blocks']} blocks): "
+          f"{size['net_params']:,} parameters = {size['fp16_bytes'] / 1e6:.2f} MB fp16, "
+          f"{size['fp32_bytes'] / 1e6:.2f} MB fp32; zorun's safetensors file {size['file_bytes'] / 1e6:.2f} MB")
+    return {**result, "ratio": meta / teacher, "networks": size}
+
+
 def _device(name: str) -> torch.device:
     from zorun.models.loading import resolve_device
 
@@ -305,7 +354,12 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("overrides", nargs="*", help="zorun config overrides, e.g. model=opt-125m model.init=random")
     m.set_defaults(run=bench_memory)
 
-    for p in (k, s, m):
+    pn = sub.add_parser("pertnn", help="PertNN meta-training peak memory vs its first-order teacher; networks' size")
+    pn.add_argument("overrides", nargs="*", help="zorun-metatrain overrides, e.g. model=opt-125m model.init=random")
+    pn.add_argument("--size-preset", default="opt-30b", help="model preset whose networks' size is computed (no download)")
+    pn.set_defaults(run=bench_pertnn)
+
+    for p in (k, s, m, pn):
         p.add_argument("--json", default=None, help="also write the figures to this JSON file")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return ap

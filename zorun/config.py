@@ -368,8 +368,6 @@ def validate_metatrain(cfg: DictConfig) -> None:
     _require(m.lr_mlp > 0, "metatrain.lr_mlp", m.lr_mlp, "it must be > 0")
     _require(m.eps > 0, "metatrain.eps", m.eps, "it must be > 0")
     _require(m.log_every >= 1, "metatrain.log_every", m.log_every, "it must be >= 1")
-    if cfg.sampler.name != "pertnn":
-        raise ConfigError(f"zorun-metatrain trains sampler=pertnn's networks; got sampler={cfg.sampler.name}")
     if cfg.estimator.name not in ("fo-sgd", "fo-adam"):
         raise ConfigError(f"the teacher trajectory is first-order: estimator=fo-sgd (the paper's, momentum 0.8) or "
                           f"fo-adam; got estimator={cfg.estimator.name}")

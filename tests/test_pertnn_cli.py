@@ -1,0 +1,106 @@
+"""zorun-metatrain and sampler=pertnn through their command lines: outputs, logs, exact resume, bad options."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_resume import assert_same_run, run_here, stop_at
+
+from zorun.cli import preflight
+from zorun.config import ConfigError
+from zorun.models import load_model
+from zorun.params import ParamSpace
+from zorun.samplers.pertnn import BlockNets
+from zorun.samplers.pertnn_io import save
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["task.num_train=32", "task.num_dev=8", "task.num_test=8"]
+
+
+def read_jsonl(path: Path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def metatrain(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "zorun.metatrain", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_metatrain_round_robin_then_the_networks_drive_a_zo_run(tmp_path):
+    """Two synthetic variants in the round robin; the written networks load into a mezo run, which logs σ."""
+    out = tmp_path / "meta"
+    proc = metatrain(*SMALL, "+task@metatrain.tasks.harder=synthetic", "metatrain.tasks.harder.seed=5",
+                     "metatrain.tasks.harder.options.filler_words=8", "metatrain.epochs=2",
+                     "metatrain.epochs_per_restart=1", "metatrain.log_every=2", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["tasks"] == ["synthetic", "harder"]
+    assert summary["steps"] == 2 * 4 * 2 and len(summary["epochs"]) == 2  # epochs x batches of 8 x tasks
+    steps = [r for r in read_jsonl(out / "metrics.jsonl") if "meta_loss" in r]
+    assert len(steps) == 8 and all(r["lr"] < 1e-5 and r["sigma_min"] > 0 for r in steps)
+
+    run_dir = tmp_path / "zo"
+    _, zo = run_here(run_dir, "sampler=pertnn", f"sampler.checkpoint={out / 'pertnn.safetensors'}",
+                     "sampler.log_every=5", "budget.steps=20")
+    assert zo["status"] == "completed" and zo["sampler"] == "pertnn"
+    records = read_jsonl(run_dir / "pertnn.jsonl")
+    assert [r["step"] for r in records] == [0, 5, 10, 15] and len(records[0]["blocks"]) == len(records[0]["sigma"])
+    logged = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
+    assert all(0 < r["scale_min"] <= r["scale_mean"] <= r["scale_max"] and r["norm_factor"] > 0 for r in logged)
+
+
+def tiny_networks(path: Path) -> Path:
+    from hydra import compose, initialize_config_dir
+
+    from zorun.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config")
+    space = ParamSpace.from_model(load_model(cfg.model, 0))
+    nets = BlockNets(len(space), generator=torch.Generator().manual_seed(0))
+    return save(path, nets, [b.name for b in space.blocks], [list(b.tensor.shape) for b in space.blocks],
+                base_model="tiny", source="test")
+
+
+def test_stop_and_resume_with_pertnn_equals_uninterrupted(tmp_path):
+    """The sampler's recurrent state (previous L± and σ) round-trips through a checkpoint: bit for bit."""
+    ckpt = tiny_networks(tmp_path / "nets.safetensors")
+    common = ["sampler=pertnn", f"sampler.checkpoint={ckpt}", "sampler.log_every=1", "estimator=zo-sgd-momentum",
+              "budget.steps=12", "budget.checkpoint_every=5"]
+    run_here(tmp_path / "whole", *common)
+    _, stopped = run_here(tmp_path / "cut", *common, hook=stop_at(7))
+    assert stopped["status"] == "stopped" and stopped["steps"] == 7
+    _, resumed = run_here(tmp_path / "cut", *common)
+    assert resumed["resumed_from"] == 7
+    assert_same_run(tmp_path / "whole", tmp_path / "cut")
+    assert (tmp_path / "whole" / "pertnn.jsonl").read_text() == (tmp_path / "cut" / "pertnn.jsonl").read_text()
+
+
+@pytest.mark.parametrize("config, overrides, message", [
+    ("config", ["sampler=pertnn", "sampler.checkpoint=null"], "sampler=pertnn needs trained networks"),
+    ("config", ["sampler=pertnn", "sampler.embed_tokens=0"], "sampler.embed_tokens=0 is out of range"),
+    ("config", ["sampler=pertnn", "sampler.rename=[abc]"], "each rule is 'REGEX=>REPLACEMENT'"),
+    ("metatrain", ["estimator=mezo"], "the teacher trajectory is first-order"),
+    ("metatrain", ["kernels=triton"], "use kernels=torch or auto"),
+    ("metatrain", ["metatrain.eta_meta=0"], "metatrain.eta_meta=0.0 is out of range"),
+])
+def test_bad_options_are_refused_before_loading(config, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        preflight(overrides, multirun=False, config_name=config)
+
+
+def test_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path, cli):
+    proc = cli("sampler=pertnn", f"sampler.checkpoint={tmp_path}/none.safetensors", "budget=smoke", *SMALL,
+               "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"zorun: error: sampler.checkpoint={tmp_path}/none.safetensors does not exist; meta-train networks with "
+        f"zorun-metatrain, import released ones with zorun-pertnn import, or set the path")
