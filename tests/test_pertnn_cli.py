@@ -97,10 +97,18 @@ def test_bad_options_are_refused_before_loading(config, overrides, message):
         preflight(overrides, multirun=False, config_name=config)
 
 
-def test_a_missing_checkpoint_is_one_line_and_exit_2(tmp_path, cli):
-    proc = cli("sampler=pertnn", f"sampler.checkpoint={tmp_path}/none.safetensors", "budget=smoke", *SMALL,
-               "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == (
-        f"zorun: error: sampler.checkpoint={tmp_path}/none.safetensors does not exist; meta-train networks with "
-        f"zorun-metatrain, import released ones with zorun-pertnn import, or set the path")
+def test_a_missing_checkpoint_is_one_line(tmp_path):
+    """Raised as a ZorunError at setup, which the CLI prints as `zorun: error: <line>` with exit 2."""
+    from hydra import compose, initialize_config_dir
+
+    from zorun.cli import CONF_DIR
+    from zorun.errors import ZorunError
+    from zorun.run import Run
+
+    missing = tmp_path / "none.safetensors"
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["sampler=pertnn", f"sampler.checkpoint={missing}", *SMALL, "logger=none"])
+    with pytest.raises(ZorunError) as err:
+        Run(cfg, str(tmp_path / "run")).setup()
+    assert str(err.value) == (f"sampler.checkpoint={missing} does not exist; meta-train networks with zorun-metatrain, "
+                              f"import released ones with zorun-pertnn import, or set the path")
