@@ -76,11 +76,11 @@ class MetaTrainer:
         kernels.select("torch", run.space)  # the meta-gradient regenerates z with the torch generator
         self.learner = MetaLearner(run.sampler, self.m.eps, self.m.eta_meta, self.m.lr_mlp)
         bs = cfg.budget.batch_size
-        self.steps_per_epoch = max(1, len(self.tasks[0].train) // bs)
         for name, task in zip(self.names, self.tasks):
             if len(task.train) < bs:
                 raise ZorunError(f"task {name} has {len(task.train)} training examples, fewer than one batch "
                                  f"(budget.batch_size={bs})")
+        self.steps_per_epoch = len(self.tasks[0].train) // bs
         log.info("meta-training %d networks on %s: %d epochs x %d steps x %d tasks, restart every %d epochs",
                  len(run.space), ", ".join(self.names), self.m.epochs, self.steps_per_epoch, len(self.tasks),
                  self.m.epochs_per_restart)
@@ -117,8 +117,7 @@ class MetaTrainer:
                                          f"teacher {teacher.loss}); lower estimator.lr or metatrain.eta_meta")
                     # the teacher's forward is L(θ) on the same batch: the gain of the ZO step is L(θ) − L(θ')
                     record = {"meta_loss": meta.meta_loss, "loss": teacher.loss, "gain": teacher.loss - meta.meta_loss,
-                              "lr": lr, "task": k,
-                              "sigma_min": float(meta.sigma.min()), "sigma_max": float(meta.sigma.max()),
+                              "lr": lr, "sigma_min": float(meta.sigma.min()), "sigma_max": float(meta.sigma.max()),
                               "factor": meta.factor}
                     window.append(record)
                     epoch_records.append(record)

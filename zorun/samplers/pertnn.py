@@ -91,25 +91,24 @@ class BlockNets(nn.Module):
 
 
 def block_moments(tensor: torch.Tensor) -> torch.Tensor:
-    """(mean, unbiased variance) of a tensor in float64, in fp32 chunks merged with Chan's formula.
+    """(mean, unbiased variance) of a tensor in float64 on its device, from fp32 chunks merged with Chan's formula.
 
-    Chunks keep a 16-bit block's fp32 copy small, and the merge avoids the
-    cancellation of E[x²] − E[x]² for weights with a large mean.
+    Chunks keep a 16-bit block's fp32 copy small, the merge avoids the
+    cancellation of E[x²] − E[x]² for weights with a large mean, and nothing
+    is read back to the host (no GPU sync per chunk).
     """
     flat = tensor.detach().reshape(-1)
-    n_total, mean, m2 = 0, 0.0, 0.0
+    n_total = 0
+    mean = m2 = torch.zeros((), dtype=torch.float64, device=flat.device)
     for start in range(0, flat.numel(), MOMENT_CHUNK):
-        chunk = flat[start : start + MOMENT_CHUNK].float()
-        n = chunk.numel()
-        var, mu = torch.var_mean(chunk, correction=0)
-        mu, chunk_m2 = float(mu), float(var) * n
-        delta = mu - mean
+        var, mu = torch.var_mean(flat[start : start + MOMENT_CHUNK].float(), correction=0)
+        n = min(MOMENT_CHUNK, flat.numel() - start)
         total = n_total + n
-        mean += delta * n / total
-        m2 += chunk_m2 + delta * delta * n_total * n / total
+        delta = mu.double() - mean
+        mean = mean + delta * (n / total)
+        m2 = m2 + var.double() * n + delta * delta * (n_total * n / total)
         n_total = total
-    var = m2 / (n_total - 1) if n_total > 1 else 0.0
-    return torch.tensor([mean, var], dtype=torch.float64)
+    return torch.stack([mean, m2 / max(n_total - 1, 1)])
 
 
 def is_embedding(name: str, tensor: torch.Tensor) -> bool:
@@ -155,7 +154,7 @@ class PertNNSampler(Sampler):
     # ------------------------------------------------------------- the maths
     def features(self, losses: torch.Tensor, sigma_prev: torch.Tensor) -> torch.Tensor:
         """x: (n, 5) float32 in FEATURES order, from θ now and the previous step's losses and σ."""
-        moments = torch.stack([block_moments(b.tensor) for b in self.space.blocks])
+        moments = torch.stack([block_moments(b.tensor).cpu() for b in self.space.blocks])
         n = len(self.space)
         return torch.cat([moments, losses.to(torch.float64).expand(n, 2),
                           sigma_prev.detach().to(torch.float64).reshape(n, 1)], dim=1).float()
