@@ -199,6 +199,24 @@ class AdaLeZOSamplerConfig(SamplerConfig):
     warm_start: bool = False  # start with the policy biased to the deepest 40% of layers
 
 
+class MeanInit(str, Enum):
+    zero = "zero"  # μ_0 = 0: the first steps sample as the uniform sampler does
+    random = "random"  # μ_0 = a random unit vector per block (the public code's alternative)
+
+
+@dataclass
+class LDSDSamplerConfig(SamplerConfig):
+    """sampler=ldsd (zorun/samplers/ldsd.py); defaults from the public script (ALGORITHMS.md)."""
+
+    name: str = "ldsd"
+    k: int = 5  # K candidate directions per step, best of K (K + 2 forward passes)
+    sigma: float = 1.0  # policy std: directions z ~ N(μ, σ²I)
+    lr_mu: float = 4e-2  # η_μ: learning rate of the REINFORCE step on μ (0: best-of-K without learning)
+    mu_init: MeanInit = MeanInit.zero
+    mean_fraction: float = 1.0  # share of the blocks that keep a learned mean (random fixed subset); others μ = 0
+    cosine_every: int = 0  # log cos(μ, −∇L) every n steps, ∇L by autograd (a backward pass; small models); 0: never
+
+
 @dataclass
 class BudgetConfig:
     name: str = "demo"
@@ -272,6 +290,7 @@ def register_configs() -> None:
         cs.store(group=f"schema/{group}", name="base", node=node)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
     cs.store(group="schema/sampler", name="adalezo", node=AdaLeZOSamplerConfig)
+    cs.store(group="schema/sampler", name="ldsd", node=LDSDSamplerConfig)
     for name, node in ESTIMATOR_SCHEMAS.items():
         cs.store(group="schema/estimator", name=name, node=node)
 
@@ -304,6 +323,8 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.model.max_length >= 8, "model.max_length", cfg.model.max_length, "it must be >= 8")
     if cfg.sampler.name == "adalezo":
         _validate_adalezo(cfg.sampler)
+    if cfg.sampler.name == "ldsd":
+        _validate_ldsd(cfg.sampler)
     if cfg.model.init == ModelInit.random and not cfg.model.arch:
         raise ConfigError(f"model.init=random needs model.arch fields, and model={cfg.model.name} has none")
     if task.name == "local" and not task.path:
@@ -317,6 +338,15 @@ def _validate_adalezo(s: DictConfig) -> None:
     _require(0 < s.ema_alpha <= 1, "sampler.ema_alpha", s.ema_alpha, "it must be in (0, 1]")
     _require(s.ipw_clip > 0, "sampler.ipw_clip", s.ipw_clip, "it must be > 0 (inf: no clip)")
     _require(s.interval >= 1, "sampler.interval", s.interval, "it must be >= 1")
+
+
+def _validate_ldsd(s: DictConfig) -> None:
+    _require(s.k >= 2, "sampler.k", s.k, "it must be >= 2 (the leave-one-out baseline needs two candidates)")
+    _require(s.sigma > 0, "sampler.sigma", s.sigma, "it must be > 0 (the policy's standard deviation)")
+    _require(s.lr_mu >= 0, "sampler.lr_mu", s.lr_mu, "it must be >= 0 (0: best of K, no learned mean)")
+    _require(0 < s.mean_fraction <= 1, "sampler.mean_fraction", s.mean_fraction,
+             "it must be in (0, 1]: the share of blocks with a learned mean")
+    _require(s.cosine_every >= 0, "sampler.cosine_every", s.cosine_every, "it must be >= 0 (0: never)")
 
 
 def _validate_estimator(est: DictConfig) -> None:

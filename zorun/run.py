@@ -196,15 +196,20 @@ class Run:
         and update passes, and only when a step goes wrong.
         """
         latest = self.checkpoints.latest()
+        sampler = self.sampler if self.sampler.replays_state else None  # its state is replayed too
         with self.clock("checkpoint"):
             if latest is not None:
                 latest.load_params(self.space)
-                self.estimator.load_state_dict(latest.load_state()["estimator"])
+                state = latest.load_state()
+                self.estimator.load_state_dict(state["estimator"])
             else:
                 self.load_base_params()
                 self.estimator = build_estimator(self.cfg, self.space)
+                state = {"sampler": build_sampler(self.cfg, self.space, self.cfg.seed).state_dict()} if sampler else {}
+            if sampler is not None:
+                sampler.load_state_dict(state["sampler"])
             _, records = read(self.trajectory.path)
-        replay(self.estimator, records, len(self.space), latest.step if latest else 0, step, self.clock)
+        replay(self.estimator, records, len(self.space), latest.step if latest else 0, step, self.clock, sampler)
 
     def load_base_params(self) -> None:
         """The trainable tensors of the model as loaded at the start (pretrained weights are read on the CPU;
@@ -359,6 +364,9 @@ class Run:
         loss_fn = RecordingLoss(self.make_loss(batch, differentiable=self.estimator.differentiable))
         with self.clock("sampler"):
             plan = self.sampler.plan(self.step)
+        if self.sampler.wants_gradient(self.step):
+            with self.clock("sampler"):  # a diagnostic of the sampler's, counted as its time
+                self.sampler.observe_gradient(self.true_gradient(batch))
         result = self.estimator.step(plan, loss_fn, lr, self.clock)
         self.forward_passes += result.forward_passes
         self.backward_passes += result.backward_passes
@@ -373,6 +381,11 @@ class Run:
             proceed = self.undo_nonfinite(loss_fn.values)
         self.step += 1
         return proceed, result
+
+    def true_gradient(self, batch: List[Example]) -> List[torch.Tensor]:
+        """∇L of the batch at the current θ by one backward pass, per block (a diagnostic; costs activations)."""
+        loss = self.make_loss(batch, differentiable=True)()
+        return list(torch.autograd.grad(loss, [b.tensor for b in self.space.blocks]))
 
     def wall_s(self) -> float:
         return time.perf_counter() - self.start_time
@@ -419,7 +432,7 @@ class Run:
             "peak_mem_bytes": peak_bytes(device),
             "time_s": dict(self.clock.totals),
             "eval_examples_per_s": self.eval_examples / eval_s if eval_s > 0 else None,
-            "state_bytes": self.estimator.state_bytes if hasattr(self, "estimator") else 0,
+            "state_bytes": (self.estimator.state_bytes + self.sampler.state_bytes) if hasattr(self, "estimator") else 0,
             "config_hash": config_hash(self.cfg),
         }
         if self.error:
