@@ -385,7 +385,9 @@ class Run:
     def true_gradient(self, batch: List[Example]) -> List[torch.Tensor]:
         """∇L of the batch at the current θ by one backward pass, per block (a diagnostic; costs activations)."""
         loss = self.make_loss(batch, differentiable=True)()
-        return list(torch.autograd.grad(loss, [b.tensor for b in self.space.blocks]))
+        tensors = [b.tensor for b in self.space.blocks]
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)  # a block the loss never reads: ∇ = 0
+        return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
 
     def wall_s(self) -> float:
         return time.perf_counter() - self.start_time
