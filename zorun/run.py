@@ -428,6 +428,7 @@ class Run:
             "peak_mem_bytes": peak_bytes(device),
             "time_s": dict(self.clock.totals),
             "eval_examples_per_s": self.eval_examples / eval_s if eval_s > 0 else None,
+            "trainable_params": self.space.numel if hasattr(self, "space") else 0,
             "state_bytes": self.estimator.state_bytes if hasattr(self, "estimator") else 0,
             "config_hash": config_hash(self.cfg),
         }
