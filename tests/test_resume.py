@@ -78,7 +78,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert {k: sa[k] for k in METRICS} == {k: sb[k] for k in METRICS}
     def records(d):
-        return [{k: v for k, v in json.loads(line).items() if k != "wall_s"}
+        return [{k: v for k, v in json.loads(line).items() if k not in ("wall_s", "train_s")}
                 for line in (d / "metrics.jsonl").read_text().splitlines()]
     assert records(a) == records(b)
     assert (a / "trajectory.jsonl").read_text() == (b / "trajectory.jsonl").read_text()

@@ -4,11 +4,13 @@
         GB/s of zorun's perturb and update passes against a plain copy_ of the
         same bytes (the bandwidth roofline) and against a MeZO-style pass
         (torch.normal into a fresh tensor, then θ + ε·z), one process, one table.
-    zorun-bench step [overrides ...] [--batch 4] [--seq-len 128]
-        zorun's estimator/sampler step and a MeZO-style reference step (four
-        torch.normal passes per tensor) alternated on the same random-init model
-        and batch: forward / perturb / update breakdown, step / (2 × forward),
-        and zorun's speed-up.
+    zorun-bench step [overrides ...] [--samplers uniform,adalezo] [--batch 4] [--seq-len 128]
+        zorun's estimator step with each listed sampler and a MeZO-style
+        reference step (four torch.normal passes per tensor), rotated step by
+        step on the same random-init model and batch: forward / perturb /
+        update breakdown, step / (2 × forward), the share of elements each
+        writes, zorun's speed-up, and each sampler's perturb+update time
+        relative to the first's.
 
 Timings use the backend chosen with --kernels (auto: Triton on CUDA, the torch
 reference on CPU) and synchronise CUDA around every timed region.
@@ -175,7 +177,12 @@ def bench_step(args: argparse.Namespace) -> Dict[str, Any]:
     device = next(model.parameters()).device
     space = ParamSpace.from_model(model)
     kernels.select(cfg.kernels, space)
-    sampler, estimator = build_sampler(cfg, space, cfg.seed), build_estimator(cfg, space)
+    samplers = args.samplers.split(",") if args.samplers else [str(cfg.sampler.name)]
+    variants = {}  # one sampler + estimator per compared sampler, all on the same model and batch
+    for name in samplers:
+        variant_cfg = _compose([*args.overrides, f"sampler={name}"])
+        variants[f"zorun {cfg.estimator.name}/{name}"] = (build_sampler(variant_cfg, space, cfg.seed),
+                                                         build_estimator(variant_cfg, space))
     vocab = int(model.config.vocab_size)
     ids = torch.randint(vocab, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
 
@@ -206,23 +213,32 @@ def bench_step(args: argparse.Namespace) -> Dict[str, Any]:
                 z = torch.normal(mean=0.0, std=1.0, size=p.size(), device=p.device, dtype=p.dtype)
                 p.data = p.data - lr * (g * z + wd * p.data) if d and wd else p.data - lr * g * z
 
-    clocks = {"zorun": Clock(sync_cuda=device.type == "cuda"), "reference": Clock(sync_cuda=device.type == "cuda")}
-    walls = {"zorun": 0.0, "reference": 0.0}
+    def zorun_step(name: str, step: int, clock: Clock) -> int:
+        sampler, estimator = variants[name]
+        plan = sampler.plan(step)
+        result = estimator.step(plan, loss, lr, clock)
+        sampler.observe(plan, result)
+        return sum(space.blocks[int(b)].numel for b in plan.blocks)
+
+    names = [*variants, REFERENCE]
+    clocks = {name: Clock(sync_cuda=device.type == "cuda") for name in names}
+    walls = {name: 0.0 for name in names}
+    written = {name: 0 for name in names}  # elements perturbed and updated per step
     for step in range(args.warmup + args.steps):
-        order = ("zorun", "reference") if step % 2 == 0 else ("reference", "zorun")
-        for name in order:  # alternate who goes first, so drift on a shared machine hits both
+        shift = step % len(names)  # rotate who goes first, so drift on a shared machine hits all alike
+        for name in names[shift:] + names[:shift]:
             clock = clocks[name] if step >= args.warmup else Clock(sync_cuda=device.type == "cuda")
             _sync(device)
             start = time.perf_counter()
-            if name == "zorun":
-                plan = sampler.plan(step)
-                result = estimator.step(plan, loss, lr, clock)
-                sampler.observe(plan, result)
-            else:
+            if name == REFERENCE:
                 reference_step(mix_seed(cfg.seed, step), clock)
+                numel = space.numel
+            else:
+                numel = zorun_step(name, step, clock)
             _sync(device)
             if step >= args.warmup:
                 walls[name] += time.perf_counter() - start
+                written[name] += numel
     figures = {}
     for name, clock in clocks.items():
         per = {k: clock.totals[k] / args.steps for k in ("forward", "perturb", "update")}
@@ -230,16 +246,26 @@ def bench_step(args: argparse.Namespace) -> Dict[str, Any]:
         per["other"] = per["step"] - per["forward"] - per["perturb"] - per["update"]
         per["step_over_2fwd"] = per["step"] / per["forward"]  # forward holds both passes of a step
         per["perturb_update_share"] = (per["perturb"] + per["update"]) / per["step"]
+        per["elements_frac"] = written[name] / (args.steps * space.numel)
         figures[name] = per
+    first = next(iter(variants))
     result = {
         "command": "step", "env": environment(device),
         "model": cfg.model.name, "dtype": str(getattr(cfg.model.dtype, "value", cfg.model.dtype)),
         "params": space.numel, "tensors": len(space), "batch": args.batch, "seq_len": args.seq_len,
-        "estimator": cfg.estimator.name, "sampler": cfg.sampler.name, "steps": args.steps,
-        "figures": figures, "speedup": figures["reference"]["step"] / figures["zorun"]["step"],
+        "estimator": cfg.estimator.name, "samplers": samplers, "steps": args.steps, "figures": figures,
+        "speedup": {name: figures[REFERENCE]["step"] / figures[name]["step"] for name in variants},
+        "perturb_update_vs_first": {name: _pert_upd(figures[name]) / _pert_upd(figures[first]) for name in variants},
     }
     _print_step(result)
     return result
+
+
+REFERENCE = "MeZO-style (4 x torch.normal)"
+
+
+def _pert_upd(f: Dict[str, float]) -> float:
+    return f["perturb"] + f["update"]
 
 
 def _print_step(r: Dict[str, Any]) -> None:
@@ -249,13 +275,17 @@ def _print_step(r: Dict[str, Any]) -> None:
           f"device={env.get('gpu', env['device'])} threads={env['threads']} torch={env['torch']} "
           f"triton={env['triton']} kernels={env['kernels']}")
     print(f"{'per step (s)':<32} {'forward':>8} {'perturb':>8} {'update':>8} {'other':>8} {'step':>8} "
-          f"{'step/2fwd':>10} {'pert+upd':>9}")
-    labels = {"zorun": f"zorun {r['estimator']}/{r['sampler']}", "reference": "MeZO-style (4 x torch.normal)"}
+          f"{'step/2fwd':>10} {'pert+upd':>9} {'elements':>9}")
     for name, f in r["figures"].items():
-        print(f"{labels[name]:<32} {f['forward']:>8.3f} {f['perturb']:>8.3f} {f['update']:>8.3f} "
+        print(f"{name:<32} {f['forward']:>8.3f} {f['perturb']:>8.3f} {f['update']:>8.3f} "
               f"{f['other']:>8.3f} {f['step']:>8.3f} {f['step_over_2fwd']:>10.3f} "
-              f"{100 * f['perturb_update_share']:>8.0f}%")
-    print(f"zorun speed-up over the MeZO-style step: {r['speedup']:.2f}x")
+              f"{100 * f['perturb_update_share']:>8.0f}% {f['elements_frac']:>9.3f}")
+    first = next(iter(r["perturb_update_vs_first"]))
+    for name, speedup in r["speedup"].items():
+        line = f"{name}: {speedup:.2f}x the MeZO-style step's speed"
+        if name != first:
+            line += f"; perturb+update time {r['perturb_update_vs_first'][name]:.3f}x {first}'s"
+        print(line)
 
 
 # --------------------------------------------------------------------- main
@@ -298,6 +328,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=4)
     s.add_argument("--seq-len", type=int, default=128)
     s.add_argument("--steps", type=int, default=5, help="measured steps per method")
+    s.add_argument("--samplers", default=None,
+                   help="compare these samplers side by side, e.g. uniform,adalezo (default: the configured one)")
     s.add_argument("--warmup", type=int, default=1)
     s.set_defaults(run=bench_step)
 

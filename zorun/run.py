@@ -332,7 +332,7 @@ class Run:
                     break
                 if budget.eval_every and self.step % budget.eval_every == 0 and self.step < budget.steps:
                     dev = self.evaluate("dev")
-                    record = {"step": self.step, "dev": dev, "wall_s": self.wall_s()}
+                    record = {"step": self.step, "dev": dev, "wall_s": self.wall_s(), "train_s": self.train_s()}
                     if self.select(dev):
                         record["test"] = self.best["test"]
                     self.write_record(record)
@@ -392,11 +392,20 @@ class Run:
     def wall_s(self) -> float:
         return time.perf_counter() - self.start_time
 
+    def train_s(self) -> float:
+        """Seconds spent training so far: the wall-clock without set-up, evaluation and checkpoints.
+
+        Time-to-target comparisons (zorun-report --target) use it so that the
+        evaluation schedule does not count as training time.
+        """
+        spent = sum(self.clock.totals[p] for p in ("setup", "eval", "checkpoint"))
+        return max(0.0, self.wall_s() - spent)
+
     def log_step(self, recent: List[float], lr: float, result) -> None:
         if not recent:
             return
         record = {"step": self.step, "loss": sum(recent) / len(recent), "lr": lr, "grad": result.grad,
-                  "wall_s": self.wall_s(), "forward_passes": self.forward_passes}
+                  "wall_s": self.wall_s(), "train_s": self.train_s(), "forward_passes": self.forward_passes}
         record.update(self.sampler.log_record())
         self.write_record(record)
 
@@ -434,6 +443,7 @@ class Run:
             "peak_mem_bytes": peak_bytes(device),
             "time_s": dict(self.clock.totals),
             "eval_examples_per_s": self.eval_examples / eval_s if eval_s > 0 else None,
+            "trainable_params": self.space.numel if hasattr(self, "space") else 0,
             "state_bytes": (self.estimator.state_bytes + self.sampler.state_bytes) if hasattr(self, "estimator") else 0,
             "config_hash": config_hash(self.cfg),
         }
