@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterable, List
 
 import torch
 
@@ -21,7 +21,7 @@ import torch
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    else:
+    elif Path("/proc/self/clear_refs").exists():  # Linux; elsewhere the CPU peak covers the whole process
         Path("/proc/self/clear_refs").write_text("5")
 
 
@@ -35,6 +35,16 @@ def peak_bytes(device: torch.device) -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def peaks(devices: Iterable[torch.device]) -> Dict[str, int]:
+    """Peak bytes per device (str(device) -> bytes) since its last reset."""
+    return {str(d): peak_bytes(d) for d in devices}
+
+
+def reset_peaks(devices: Iterable[torch.device]) -> None:
+    for d in {torch.device(d) for d in devices}:
+        reset_peak(d)
 
 
 def measure(mode: str, overrides: List[str]) -> Dict[str, float]:
