@@ -33,6 +33,25 @@ def test_lora_defaults_are_mezos_and_only_adapters_train():
     assert space.layer_blocks == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
+@pytest.mark.parametrize("arch, targets", [
+    (dict(model_type="opt", hidden_size=16, ffn_dim=32, word_embed_proj_dim=16, num_attention_heads=2), ["q_proj", "v_proj"]),
+    (dict(model_type="gpt2", n_embd=16, n_head=2), ["c_attn"]),
+    (dict(model_type="qwen2", hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=2),
+     ["q_proj", "v_proj"]),
+])
+def test_lora_targets_the_query_and_value_projections_of_each_architecture(arch, targets):
+    from zorun.models.adapters import wrap
+    from conftest import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(**arch, vocab_size=64, num_hidden_layers=2, **(
+        {"n_layer": 2} if arch["model_type"] == "gpt2" else {}))
+    model = wrap(AutoModelForCausalLM.from_config(config), model_cfg("model.peft=lora"), seed=0)
+    space = ParamSpace.from_model(model)
+    adapted = sorted({b.name.split(".lora_")[0].rsplit(".", 1)[1] for b in space.blocks})
+    assert adapted == targets
+    assert [len(ids) for ids in space.layer_blocks] == [2 * len(targets)] * 2  # (A, B) per target, per layer
+
+
 def test_prefix_is_one_block_per_layer_with_peft_s_numbers():
     cfg = model_cfg("model.peft=prefix")
     model = load_model(cfg, seed=0)

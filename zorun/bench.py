@@ -310,7 +310,8 @@ def bench_scaling(args: argparse.Namespace) -> Dict[str, Any]:
     print(f"zorun-bench scaling  {cfg.model.name} (random init) {cfg.estimator.name}/{cfg.sampler.name}, global batch "
           f"{cfg.budget.batch_size} of task={cfg.task.name}, {args.steps} steps, {env['OMP_NUM_THREADS']} thread(s) "
           f"per process, torch={torch.__version__}")
-    print(f"{'processes':>9} {'s / step':>9} {'examples/s':>11} {'speed-up':>9}", flush=True)
+    print(f"{'processes':>9} {'s / step':>9} {'forward':>8} {'pert+upd':>9} {'examples/s':>11} {'speed-up':>9}",
+          flush=True)
     rows: List[Dict[str, Any]] = []
     for n in counts:
         with socket.socket() as sock:
@@ -324,12 +325,15 @@ def bench_scaling(args: argparse.Namespace) -> Dict[str, Any]:
             raise ZorunError(f"the {n}-process run failed (exit {proc.returncode}): "
                              f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no output'}")
         summary = json.loads((run_dir / "summary.json").read_text())
-        train_s = sum(summary["time_s"].get(k, 0.0) for k in ("forward", "perturb", "update", "sampler"))
-        row = {"processes": n, "step_s": train_s / summary["steps"],
-               "examples_per_s": summary["steps"] * cfg.budget.batch_size / train_s}
+        train_s = sum(summary["time_s"].get(k, 0.0) for k in ("forward", "perturb", "update", "sampler"))  # rank 0's
+        times, steps = summary["time_s"], summary["steps"]
+        row = {"processes": n, "step_s": train_s / steps, "forward_s": times["forward"] / steps,
+               "perturb_update_s": (times["perturb"] + times["update"]) / steps,
+               "examples_per_s": steps * cfg.budget.batch_size / train_s}
         row["speedup"] = row["examples_per_s"] / rows[0]["examples_per_s"] if rows else 1.0
         rows.append(row)
-        print(f"{n:>9} {row['step_s']:>9.3f} {row['examples_per_s']:>11.1f} {row['speedup']:>9.2f}", flush=True)
+        print(f"{n:>9} {row['step_s']:>9.3f} {row['forward_s']:>8.3f} {row['perturb_update_s']:>9.3f} "
+              f"{row['examples_per_s']:>11.2f} {row['speedup']:>9.2f}", flush=True)
     return {"command": "scaling", "overrides": overrides, "env": environment(torch.device("cpu")), "rows": rows}
 
 
