@@ -11,6 +11,13 @@
         update breakdown, step / (2 × forward), the share of elements each
         writes, zorun's speed-up, and each sampler's perturb+update time
         relative to the first's.
+    zorun-bench memory [overrides ...] [--methods mezo/uniform,mezo/adalezo,fo-adam/uniform]
+        peak memory of one training step per method next to one inference
+        forward on the same batch, each in a fresh process, with each
+        estimator's extra state.
+    zorun-bench scaling [overrides ...] [--nprocs 1,2] [--steps 10]
+        data-parallel ZO: training throughput of the same run under torchrun
+        with each process count (threads per process: --threads, default 1).
 
 Timings use the backend chosen with --kernels (auto: Triton on CUDA, the torch
 reference on CPU) and synchronise CUDA around every timed region.
@@ -290,17 +297,74 @@ def _print_step(r: Dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------- main
 def bench_memory(args: argparse.Namespace) -> Dict[str, Any]:
-    """Peak memory of one ZO step next to one inference forward on the same batch (own processes)."""
+    """Peak memory of one training step per method next to one inference forward on the same batch (own processes)."""
     from zorun.memory import compare
 
-    result = compare(list(args.overrides))
-    fwd, zo = result["forward"]["peak_bytes"], result["zo_step"]["peak_bytes"]
+    cfg = _compose(args.overrides)  # a bad override is one line before any process starts
+    overrides = ["model=opt-125m", *args.overrides, "model.init=random"]
+    methods = [m for m in args.methods.split(",") if m]
+    result = compare(overrides, methods)
+    fwd = result["forward"]
     mib = 2 ** 20
-    print(f"parameters      {result['forward']['param_bytes'] / mib:10.1f} MiB")
-    print(f"forward (no grad) peak {fwd / mib:10.1f} MiB")
-    print(f"ZO step peak    {zo / mib:10.1f} MiB")
-    print(f"ratio ZO step / forward: {zo / fwd:.3f}")
-    return {**result, "ratio": zo / fwd}
+    print(f"zorun-bench memory  {cfg.model.name} (random init, {getattr(cfg.model.dtype, 'value', cfg.model.dtype)}) "
+          f"batch {cfg.budget.batch_size} of task={cfg.task.name}, device={_device(cfg.model.device)}; "
+          f"parameters {fwd['param_bytes'] / mib:.1f} MiB")
+    print(f"{'method':<28} {'peak MiB':>10} {'x forward':>10} {'extra state MiB':>16}")
+    print(f"{'inference forward (no grad)':<28} {fwd['peak_bytes'] / mib:>10.1f} {1.0:>10.3f} {0.0:>16.1f}")
+    for method, step in result["steps"].items():
+        step["ratio"] = step["peak_bytes"] / fwd["peak_bytes"]
+        print(f"{method:<28} {step['peak_bytes'] / mib:>10.1f} {step['ratio']:>10.3f} "
+              f"{step['state_bytes'] / mib:>16.1f}")
+    return {"command": "memory", "overrides": overrides, **result}
+
+
+def bench_scaling(args: argparse.Namespace) -> Dict[str, Any]:
+    """Training throughput of data-parallel ZO: the same run under torchrun with 1, 2, ... processes."""
+    import os
+    import socket
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    cfg = _compose(args.overrides)
+    try:
+        counts = [int(n) for n in args.nprocs.split(",")]
+    except ValueError:
+        raise ZorunError(f"--nprocs={args.nprocs}: expected comma-separated process counts such as 1,2")
+    if min(counts) < 1 or max(counts) > cfg.budget.batch_size:
+        raise ZorunError(f"--nprocs must be between 1 and budget.batch_size={cfg.budget.batch_size}")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)}
+    overrides = ["model=opt-125m", *args.overrides, "model.init=random", f"budget.steps={args.steps}",
+                 "budget.checkpoint_every=0", "task.num_dev=0", "task.num_test=0", "logger=none",
+                 "logger.progress=false"]
+    print(f"zorun-bench scaling  {cfg.model.name} (random init) {cfg.estimator.name}/{cfg.sampler.name}, global batch "
+          f"{cfg.budget.batch_size} of task={cfg.task.name}, {args.steps} steps, {env['OMP_NUM_THREADS']} thread(s) "
+          f"per process, torch={torch.__version__}")
+    print(f"{'processes':>9} {'s / step':>9} {'forward':>8} {'pert+upd':>9} {'examples/s':>11} {'speed-up':>9}",
+          flush=True)
+    rows: List[Dict[str, Any]] = []
+    for n in counts:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        run_dir = Path(tempfile.mkdtemp(prefix=f"zorun-scaling-{n}-"))
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", f"--master_port={port}",
+               "-m", "zorun", *overrides, f"hydra.run.dir={run_dir}"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ZorunError(f"the {n}-process run failed (exit {proc.returncode}): "
+                             f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no output'}")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        train_s = sum(summary["time_s"].get(k, 0.0) for k in ("forward", "perturb", "update", "sampler"))  # rank 0's
+        times, steps = summary["time_s"], summary["steps"]
+        row = {"processes": n, "step_s": train_s / steps, "forward_s": times["forward"] / steps,
+               "perturb_update_s": (times["perturb"] + times["update"]) / steps,
+               "examples_per_s": steps * cfg.budget.batch_size / train_s}
+        row["speedup"] = row["examples_per_s"] / rows[0]["examples_per_s"] if rows else 1.0
+        rows.append(row)
+        print(f"{n:>9} {row['step_s']:>9.3f} {row['forward_s']:>8.3f} {row['perturb_update_s']:>9.3f} "
+              f"{row['examples_per_s']:>11.2f} {row['speedup']:>9.2f}", flush=True)
+    return {"command": "scaling", "overrides": overrides, "env": environment(torch.device("cpu")), "rows": rows}
 
 
 def _device(name: str) -> torch.device:
@@ -333,11 +397,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=1)
     s.set_defaults(run=bench_step)
 
-    m = sub.add_parser("memory", help="peak memory of one ZO step vs one inference forward, same batch")
-    m.add_argument("overrides", nargs="*", help="zorun config overrides, e.g. model=opt-125m model.init=random")
+    m = sub.add_parser("memory", help="peak memory of one training step per method vs one inference forward, same batch")
+    m.add_argument("overrides", nargs="*", help="zorun config overrides (default model=opt-125m, always random init)")
+    m.add_argument("--methods", default="mezo/uniform,mezo/adalezo",
+                   help="comma-separated ESTIMATOR/SAMPLER, e.g. mezo/uniform,zo-adam/uniform,fo-adam/uniform")
     m.set_defaults(run=bench_memory)
 
-    for p in (k, s, m):
+    sc = sub.add_parser("scaling", help="data-parallel throughput: the same run under torchrun with 1, 2, ... processes")
+    sc.add_argument("overrides", nargs="*", help="zorun config overrides (default model=opt-125m, always random init)")
+    sc.add_argument("--nprocs", default="1,2", help="comma-separated process counts (default 1,2)")
+    sc.add_argument("--steps", type=int, default=10, help="training steps per run")
+    sc.set_defaults(run=bench_scaling)
+
+    for p in (k, s, m, sc):
         p.add_argument("--json", default=None, help="also write the figures to this JSON file")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return ap

@@ -40,9 +40,35 @@ class KernelBackend(str, Enum):
     torch = "torch"
 
 
+class PeftKind(str, Enum):
+    none = "none"  # full-parameter fine-tuning
+    lora = "lora"  # LoRA adapters (model.lora.*) through peft
+    prefix = "prefix"  # prefix tuning (model.prefix.*) through peft
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
+
+
 class TaskType(str, Enum):
     classification = "classification"
     generation = "generation"
+
+
+@dataclass
+class LoraOptions:
+    """model.peft=lora; defaults are MeZO's (r 8, alpha 16 on the attention query and value projections)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0  # ZO probes need deterministic forwards; MeZO uses none
+    target_modules: Optional[List[str]] = None  # None: peft's default for the architecture (q_proj/v_proj, GPT-2 c_attn)
+
+
+@dataclass
+class PrefixOptions:
+    """model.peft=prefix; MeZO's prefix tuning uses 5 virtual tokens."""
+
+    num_virtual_tokens: int = 5
 
 
 @dataclass
@@ -59,6 +85,10 @@ class ModelConfig:
     arch: Dict[str, Any] = field(default_factory=dict)
     tokenizer: Optional[str] = None  # "builtin" for the offline tiny tokenizer; else hub id/path
     trust_remote_code: bool = False  # run the model repository's own Python code (transformers' flag); off unless set
+    peft: PeftKind = PeftKind.none  # train an adapter only: lora | prefix (zorun/models/adapters.py)
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    prefix: PrefixOptions = field(default_factory=PrefixOptions)
+    device_map: Optional[str] = None  # auto | balanced | balanced_low_0 | sequential: shard over the GPUs (accelerate)
 
 
 @dataclass
@@ -325,10 +355,25 @@ def validate(cfg: DictConfig) -> None:
         _validate_adalezo(cfg.sampler)
     if cfg.sampler.name == "ldsd":
         _validate_ldsd(cfg.sampler)
+    _validate_model(cfg.model)
     if cfg.model.init == ModelInit.random and not cfg.model.arch:
         raise ConfigError(f"model.init=random needs model.arch fields, and model={cfg.model.name} has none")
     if task.name == "local" and not task.path:
         raise ConfigError("task=local needs task.path=FILE.jsonl (one JSON object per line)")
+
+
+def _validate_model(m: DictConfig) -> None:
+    _require(m.lora.r >= 1, "model.lora.r", m.lora.r, "it must be >= 1")
+    _require(m.lora.alpha > 0, "model.lora.alpha", m.lora.alpha, "it must be > 0")
+    _require(0 <= m.lora.dropout < 1, "model.lora.dropout", m.lora.dropout, "it must be in [0, 1)")
+    _require(m.prefix.num_virtual_tokens >= 1, "model.prefix.num_virtual_tokens", m.prefix.num_virtual_tokens,
+             "it must be >= 1")
+    if m.device_map is not None:
+        _require(m.device_map in DEVICE_MAPS, "model.device_map", m.device_map,
+                 f"choose one of {', '.join(DEVICE_MAPS)} (accelerate's strategies), or null for one device")
+        if m.device != "auto":
+            raise ConfigError(f"model.device_map={m.device_map} places the model over every visible GPU, so "
+                              f"model.device={m.device} cannot apply; drop one of them (CUDA_VISIBLE_DEVICES picks GPUs)")
 
 
 def _validate_adalezo(s: DictConfig) -> None:
