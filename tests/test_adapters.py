@@ -71,7 +71,7 @@ def test_prefix_is_one_block_per_layer_with_peft_s_numbers():
         torch.testing.assert_close(model(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("kind, sampler", [("lora", "adalezo"), ("prefix", "uniform")])
+@pytest.mark.parametrize("kind, sampler", [("lora", "adalezo"), ("prefix", "uniform"), ("lora", "ldsd")])
 def test_only_adapter_parameters_change(kind, sampler, tmp_path):
     from zorun.run import Run
 
