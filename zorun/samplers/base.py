@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from zorun.estimators.base import StepResult
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed
+from zorun.tracking import MetricsWriter
 
 
 class Sampler:
@@ -58,11 +59,19 @@ class Sampler:
         """Per-step scalars for metrics.jsonl; default: none."""
         return {}
 
+    log_name: Optional[str] = None  # a per-step JSONL log of the sampler's own in the run directory, if any
+    log: Optional[MetricsWriter] = None
+
     def open_log(self, out_dir: Path) -> None:
-        """Start a per-step log of the sampler's own in the run directory (default: none)."""
+        """Start the sampler's per-step log (rank 0 / the writing process only)."""
+        if self.log_name is not None:
+            self.log = MetricsWriter(Path(out_dir) / self.log_name)
 
     def close(self) -> None:
         """Flush and close what open_log opened."""
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
     def state_dict(self) -> Dict[str, Any]:
         return {}

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -37,7 +36,6 @@ from zorun.estimators.base import StepResult, copy_into, nbytes
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed
 from zorun.samplers.base import Sampler
-from zorun.tracking import MetricsWriter
 
 LOG_NAME = "ldsd.jsonl"
 
@@ -50,6 +48,7 @@ def loo_baselines(losses: List[float]) -> List[float]:
 
 class LDSDSampler(Sampler):
     name = "ldsd"
+    log_name = LOG_NAME
     replays_state = True
 
     def __init__(self, cfg, space: ParamSpace, seed: int):
@@ -73,7 +72,6 @@ class LDSDSampler(Sampler):
         self.scale = torch.full((n,), self.sigma, dtype=torch.float32)
         self.step = -1
         self.record: Dict[str, Any] = {}  # this step's candidate losses, choice, ‖μ‖, cosine
-        self.log: Optional[MetricsWriter] = None
 
     # ------------------------------------------------------------- interface
     def plan(self, step: int) -> Plan:
@@ -129,13 +127,6 @@ class LDSDSampler(Sampler):
         """For metrics.jsonl: this step's choice and ‖μ‖, and the cosine when it was measured."""
         return {k: self.record[k] for k in ("chosen", "mu_norm", "cos") if k in self.record}
 
-    def open_log(self, out_dir: Path) -> None:
-        self.log = MetricsWriter(Path(out_dir) / LOG_NAME)
-
-    def close(self) -> None:
-        if self.log is not None:
-            self.log.close()
-            self.log = None
 
     @property
     def state_bytes(self) -> int:
