@@ -214,6 +214,92 @@ def test_bad_state_is_refused_before_any_write(backend):
         assert torch.equal(blk.tensor.detach(), x0)
 
 
+# ----------------------------------------------------- a mean (LDSD's policy)
+def means_for(space: ParamSpace, with_mean=(0, 2, 3)):
+    """A mean tensor for some blocks (None for the others): the direction is μ_b + s_b·z_b there, s_b·z_b elsewhere."""
+    gen = torch.Generator().manual_seed(99)
+    return [torch.randn(b.tensor.shape, generator=gen) if b.id in with_mean else None for b in space.blocks]
+
+
+@pytest.mark.parametrize("mode", ["perturb", "plain", "momentum", "adam"])
+def test_a_mean_is_fused_into_every_pass(backend, mode):
+    """θ + α(μ + s·z) and the updates along w·(μ + s·z), against the formulas; blocks without a mean as before."""
+    space = make_space()
+    theta = values(space)
+    mean = means_for(space)
+    plan = plan_of(space, seed=31)
+    with_mean = Plan(plan.seed, plan.blocks, plan.scale, plan.weight, mean=mean)
+    z = z_of(ODD_SHAPES, plan)
+    state = [[torch.randn(b.tensor.shape) for b in space.blocks] for _ in range(2)]
+    expected_state = [[x.clone() for x in group] for group in state]
+    restore, grad, lr, beta, decay = -1e-2, 1.5, 0.05, 0.9, 0.1
+    if mode == "perturb":
+        kernels.perturb_(space, with_mean, 0.3)
+    elif mode == "plain":
+        kernels.update_(space, with_mean, restore=restore, coef=lr * grad, decay=decay)
+    elif mode == "momentum":
+        kernels.update_momentum_(space, with_mean, restore, grad, lr, beta, state[0], decay=decay)
+    else:
+        state[1] = [x.abs() for x in state[1]]
+        expected_state[1] = [x.clone() for x in state[1]]
+        kernels.update_adam_(space, with_mean, restore, grad, lr, state[0], state[1], 3, decay=decay)
+    for b, blk in enumerate(space.blocks):
+        s, w = per_block(plan, "scale", b), per_block(plan, "weight", b)
+        d = s * z[b] + (mean[b] if mean[b] is not None else 0.0)
+        keep = 1 - decay if blk.decay else 1.0
+        if mode == "perturb":
+            want = theta[b] + 0.3 * d
+        elif mode == "plain":
+            want = keep * (theta[b] + restore * d) - lr * grad * w * d
+        elif mode == "momentum":
+            expected_state[0][b] = beta * expected_state[0][b] + grad * w * d
+            want = keep * (theta[b] + restore * d) - lr * expected_state[0][b]
+        else:
+            g = grad * w * d
+            m = expected_state[0][b] = 0.9 * expected_state[0][b] + 0.1 * g
+            v = expected_state[1][b] = 0.999 * expected_state[1][b] + 0.001 * g * g
+            want = keep * (theta[b] + restore * d) - lr * (m / (1 - 0.9**3)) / ((v / (1 - 0.999**3)).sqrt() + 1e-8)
+        torch.testing.assert_close(blk.tensor.detach(), want, rtol=1e-5, atol=1e-6)
+        for got, exp in zip(state, expected_state):
+            torch.testing.assert_close(got[b], exp[b], rtol=1e-5, atol=1e-6)
+
+
+def test_a_plan_without_mean_is_untouched_by_the_mean_path(backend):
+    """mean=None, and a mean list holding None for every block, give the same bits as a plain Plan."""
+    plain, listed = make_space(), make_space()
+    plan = plan_of(plain, seed=41)
+    kernels.update_(plain, plan, restore=1e-3, coef=0.2, decay=0.1)
+    kernels.update_(listed, Plan(plan.seed, plan.blocks, plan.scale, plan.weight, mean=[None] * len(listed)),
+                    restore=1e-3, coef=0.2, decay=0.1)
+    for x, y in zip(values(plain), values(listed)):
+        assert torch.equal(x, y)
+
+
+def test_accumulate_adds_z_alone_and_leaves_theta(backend):
+    space = make_space()
+    theta = values(space)
+    plan = plan_of(space, seed=51, blocks=[0, 2, 3])
+    plan = Plan(plan.seed, plan.blocks, plan.scale, plan.weight, mean=means_for(space))
+    z = z_of(ODD_SHAPES, plan)
+    into = [torch.ones(b.tensor.shape) for b in space.blocks]
+    kernels.accumulate_(space, plan, -0.7, into)
+    for b, blk in enumerate(space.blocks):
+        assert torch.equal(blk.tensor.detach(), theta[b])
+        want = 1.0 - 0.7 * per_block(plan, "weight", b) * per_block(plan, "scale", b) * z[b] if b != 1 else torch.ones(1).expand_as(z[b])
+        torch.testing.assert_close(into[b], want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_misshaped_mean_is_refused_before_any_write(backend):
+    space = make_space()
+    before = values(space)
+    mean = means_for(space)
+    mean[2] = torch.zeros(3)
+    with pytest.raises(ValueError, match="mean of block 2"):
+        kernels.perturb_(space, Plan(1, space.all_blocks(), mean=mean), 1.0)
+    for blk, x0 in zip(space.blocks, before):
+        assert torch.equal(blk.tensor.detach(), x0)
+
+
 # --------------------------------------------------------------- 16-bit θ
 def test_stochastic_rounding_moves_bf16_by_updates_below_half_an_ulp(backend):
     """θ = 1 in bf16 (ulp 2^-7 above, 2^-8 below); update −c·z with c = 2e-4, so |c·z| < 1.2e-3 < half an ulp.
@@ -305,3 +391,25 @@ else:
                                       target=GPUTarget("cuda", 90, 32), options={"num_warps": tk.NUM_WARPS})
             ptx = compiled.asm["ptx"]
             assert "ld.global.v4.b32" in ptx and "st.global.v4.b32" in ptx, f"{dtype} mode {mode}: no vector access"
+
+    def test_triton_kernel_with_a_mean_compiles_for_sm90_and_keeps_vector_access():
+        """HAS_MEAN adds one fp32 load per element; the mean's alignment hint must keep it a 16-byte access."""
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+
+        from zorun.kernels import triton_kernels as tk
+        from zorun.kernels.passes import MOMENTUM
+
+        types = {"anchor": "*bf16", "state_anchor": "*fp32", "itab": "*i64", "ftab": "*fp32", "seed": "i64",
+                 "n_rows": "i32", "n_search": "i32", "h0": "fp32", "h1": "fp32", "h2": "fp32", "h3": "fp32"}
+        consts = {"MODE": MOMENTUM, "STOCHASTIC": False, "ALIGNED": True, "TILE_": tk.TILE, "ICOLS_": tk.ICOLS,
+                  "FCOL_": tk.FCOL, "HAS_MEAN": True}
+        names = tk._pass_kernel.arg_names
+        signature = {n: types.get(n, "constexpr") for n in names}
+        constexprs = {(names.index(n),): v for n, v in consts.items()}
+        attrs = {(i,): [["tt.divisibility", 16]] for i in range(4)}
+        ptx = triton.compile(ASTSource(tk._pass_kernel, signature, constexprs, attrs),
+                             target=GPUTarget("cuda", 90, 32), options={"num_warps": tk.NUM_WARPS}).asm["ptx"]
+        # bf16 θ: 8-byte vectors; fp32 buf and mean: 16-byte vectors (buf load, mean load, buf store)
+        assert ptx.count("ld.global.v4.b32") >= 2 and "st.global.v4.b32" in ptx

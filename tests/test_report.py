@@ -136,3 +136,54 @@ def test_bad_directory_is_one_line_and_exit_2(tmp_path, capsys, make):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("zorun-report: error:") and err.count("\n") == 1
+
+
+def dev_curve(accuracies, seconds_per_eval, every=5):
+    """Train-loss and dev records as a run writes them: dev every `every` steps, train_s growing linearly."""
+    records = []
+    for i, acc in enumerate(accuracies, start=1):
+        step, train_s = every * i, seconds_per_eval * i
+        records.append({"step": step, "loss": 1.0 - acc, "lr": 1e-3, "wall_s": train_s + 3.0, "train_s": train_s})
+        records.append({"step": step, "dev": {"accuracy": acc}, "wall_s": train_s + 3.5, "train_s": train_s})
+    return records
+
+
+def test_time_to_target_steps_seconds_and_speedup_over_the_base_estimator(tmp_path, capsys):
+    root = tmp_path / "speedup"
+    # uniform reaches 0.9 at the 3rd and 4th eval (2 s per eval); adalezo at the 2nd and 4th (1 s per eval)
+    curves = {("uniform", 0): [0.5, 0.7, 0.9, 0.95], ("uniform", 1): [0.5, 0.6, 0.8, 0.92],
+              ("adalezo", 0): [0.6, 0.91, 0.93, 0.95], ("adalezo", 1): [0.5, 0.7, 0.85, 0.9]}
+    for (sampler, seed), accs in curves.items():
+        make_job(root, f"sampler={sampler},seed={seed}", [f"sampler={sampler}", f"seed={seed}"],
+                 {**summary_for(accs[-1], accs[-1], seed, sampler), "train_loss": 0.2 + 0.1 * seed},
+                 sampler=sampler, metrics=dev_curve(accs, 2.0 if sampler == "uniform" else 1.0))
+    make_job(root, "estimator.lr=1e-6,seed=0", ["estimator.lr=1e-6", "seed=0"],
+             summary_for(0.5, 0.5, 0, "uniform"), metrics=dev_curve([0.5, 0.5], 2.0))  # never reaches it
+
+    main([str(root), "--target", "accuracy=0.9"])
+    printed = capsys.readouterr().out
+    assert "time to target: dev accuracy >= 0.9" in printed
+    rows = {(r["method"], r["setting"]): r for r in csv.DictReader((root / "report" / "time_to_target.csv").open())}
+    uniform, adalezo = rows[("mezo", "sampler=uniform")], rows[("mezo+adalezo", "sampler=adalezo")]
+    assert uniform["reached"] == "2/2" and uniform["steps"] == "18 ± 4"  # steps 15 and 20
+    assert uniform["train_s"] == "7.0 ± 1.4" and uniform["final_train_loss"] == "0.2500 ± 0.0707"
+    assert adalezo["steps"] == "15 ± 7" and adalezo["train_s"] == "3.0 ± 1.4"  # steps 10 and 20; 2 s and 4 s
+    assert adalezo["speedup"] == "2.33x" and uniform["speedup"] == "–"
+    slow = rows[("mezo", "estimator.lr=1e-6")]
+    assert slow["reached"] == "0/1" and slow["steps"] == "–"
+    assert "## Time to target: dev accuracy >= 0.9" in (root / "report" / "report.md").read_text()
+
+    from zorun.report import build_report as build
+    from zorun.time_to_target import Target
+    loss_rows = build(root, target=Target.parse("train_loss=0.085")).target_rows  # loss = 1 − accuracy here
+    assert {(r.method, r.reached) for r in loss_rows if r.setting.startswith("sampler")} == {
+        ("mezo", 2), ("mezo+adalezo", 1)}
+
+
+@pytest.mark.parametrize("bad", ["accuracy", "accuracy=high", "=0.9", "loss=nan"])
+def test_bad_target_is_one_line_and_exit_2(sweep, capsys, bad):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep), "--target", bad])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zorun-report: error: --target") and err.count("\n") == 1

@@ -78,7 +78,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert {k: sa[k] for k in METRICS} == {k: sb[k] for k in METRICS}
     def records(d):
-        return [{k: v for k, v in json.loads(line).items() if k != "wall_s"}
+        return [{k: v for k, v in json.loads(line).items() if k not in ("wall_s", "train_s")}
                 for line in (d / "metrics.jsonl").read_text().splitlines()]
     assert records(a) == records(b)
     assert (a / "trajectory.jsonl").read_text() == (b / "trajectory.jsonl").read_text()
@@ -145,7 +145,9 @@ MOMENTUM_Q2 = ["estimator=zo-sgd-momentum", "estimator.one_sided=true", "estimat
 
 
 COMBOS = {"zo-adam-adalezo": ADAM_ADALEZO, "momentum-one-sided-q2-cosine": MOMENTUM_Q2,
-          "fo-adam": ["estimator=fo-adam"]}  # torch.optim's state_dict: int keys, tensors, tuples
+          "fo-adam": ["estimator=fo-adam"],  # torch.optim's state_dict: int keys, tensors, tuples
+          "momentum-ldsd": ["estimator=zo-sgd-momentum", "sampler=ldsd", "sampler.k=3", "sampler.mean_fraction=0.5",
+                            "sampler.cosine_every=3"]}  # μ for half the blocks, the cosine diagnostic
 
 
 @pytest.mark.parametrize("combo", COMBOS)
@@ -153,7 +155,7 @@ def test_stop_and_resume_with_state_equals_uninterrupted(tmp_path, combo):
     """Stateful estimators and sampler (their state_dicts must round-trip), q = 2 one-sided, a decaying lr."""
     extra = COMBOS[combo]
     common = ["budget.steps=24", "budget.checkpoint_every=10", "budget.eval_every=8", *extra]
-    run_here(tmp_path / "whole", *common)
+    whole, _ = run_here(tmp_path / "whole", *common)
     _, stopped = run_here(tmp_path / "cut", *common, hook=stop_at(13))
     assert stopped["status"] == "stopped" and stopped["steps"] == 13 and stopped["dev"] is None
     run, resumed = run_here(tmp_path / "cut", *common)
@@ -163,6 +165,9 @@ def test_stop_and_resume_with_state_equals_uninterrupted(tmp_path, combo):
     if combo == "zo-adam-adalezo":
         assert run.sampler.observed == 24
         assert (tmp_path / "whole" / "adalezo.jsonl").read_text() == (tmp_path / "cut" / "adalezo.jsonl").read_text()
+    if combo == "momentum-ldsd":
+        assert (tmp_path / "whole" / "ldsd.jsonl").read_text() == (tmp_path / "cut" / "ldsd.jsonl").read_text()
+        assert all(torch.equal(a, b) for a, b in zip(run.sampler.state_dict()["mean"], whole.sampler.state_dict()["mean"]))
 
 
 def test_resume_refuses_a_changed_config_and_a_missing_checkpoint(tmp_path, capsys):

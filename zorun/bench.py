@@ -8,11 +8,20 @@
         peak memory of one PertNN meta-training iteration (meta-step + teacher
         step) against the first-order teacher step alone, same model and batch,
         each in its own process; and the size of the networks for a preset.
-    zorun-bench step [overrides ...] [--batch 4] [--seq-len 128]
-        zorun's estimator/sampler step and a MeZO-style reference step (four
-        torch.normal passes per tensor) alternated on the same random-init model
-        and batch: forward / perturb / update breakdown, step / (2 × forward),
-        and zorun's speed-up.
+    zorun-bench step [overrides ...] [--samplers uniform,adalezo] [--batch 4] [--seq-len 128]
+        zorun's estimator step with each listed sampler and a MeZO-style
+        reference step (four torch.normal passes per tensor), rotated step by
+        step on the same random-init model and batch: forward / perturb /
+        update breakdown, step / (2 × forward), the share of elements each
+        writes, zorun's speed-up, and each sampler's perturb+update time
+        relative to the first's.
+    zorun-bench memory [overrides ...] [--methods mezo/uniform,mezo/adalezo,fo-adam/uniform]
+        peak memory of one training step per method next to one inference
+        forward on the same batch, each in a fresh process, with each
+        estimator's extra state.
+    zorun-bench scaling [overrides ...] [--nprocs 1,2] [--steps 10]
+        data-parallel ZO: training throughput of the same run under torchrun
+        with each process count (threads per process: --threads, default 1).
 
 Timings use the backend chosen with --kernels (auto: Triton on CUDA, the torch
 reference on CPU) and synchronise CUDA around every timed region.
@@ -180,7 +189,12 @@ def bench_step(args: argparse.Namespace) -> Dict[str, Any]:
     device = next(model.parameters()).device
     space = ParamSpace.from_model(model)
     kernels.select(cfg.kernels, space)
-    sampler, estimator = build_sampler(cfg, space, cfg.seed), build_estimator(cfg, space)
+    samplers = args.samplers.split(",") if args.samplers else [str(cfg.sampler.name)]
+    variants = {}  # one sampler + estimator per compared sampler, all on the same model and batch
+    for name in samplers:
+        variant_cfg = _compose([*args.overrides, f"sampler={name}"])
+        variants[f"zorun {cfg.estimator.name}/{name}"] = (build_sampler(variant_cfg, space, cfg.seed),
+                                                         build_estimator(variant_cfg, space))
     vocab = int(model.config.vocab_size)
     ids = torch.randint(vocab, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
 
@@ -211,23 +225,32 @@ def bench_step(args: argparse.Namespace) -> Dict[str, Any]:
                 z = torch.normal(mean=0.0, std=1.0, size=p.size(), device=p.device, dtype=p.dtype)
                 p.data = p.data - lr * (g * z + wd * p.data) if d and wd else p.data - lr * g * z
 
-    clocks = {"zorun": Clock(sync_cuda=device.type == "cuda"), "reference": Clock(sync_cuda=device.type == "cuda")}
-    walls = {"zorun": 0.0, "reference": 0.0}
+    def zorun_step(name: str, step: int, clock: Clock) -> int:
+        sampler, estimator = variants[name]
+        plan = sampler.plan(step)
+        result = estimator.step(plan, loss, lr, clock)
+        sampler.observe(plan, result)
+        return sum(space.blocks[int(b)].numel for b in plan.blocks)
+
+    names = [*variants, REFERENCE]
+    clocks = {name: Clock(sync_cuda=device.type == "cuda") for name in names}
+    walls = {name: 0.0 for name in names}
+    written = {name: 0 for name in names}  # elements perturbed and updated per step
     for step in range(args.warmup + args.steps):
-        order = ("zorun", "reference") if step % 2 == 0 else ("reference", "zorun")
-        for name in order:  # alternate who goes first, so drift on a shared machine hits both
+        shift = step % len(names)  # rotate who goes first, so drift on a shared machine hits all alike
+        for name in names[shift:] + names[:shift]:
             clock = clocks[name] if step >= args.warmup else Clock(sync_cuda=device.type == "cuda")
             _sync(device)
             start = time.perf_counter()
-            if name == "zorun":
-                plan = sampler.plan(step)
-                result = estimator.step(plan, loss, lr, clock)
-                sampler.observe(plan, result)
-            else:
+            if name == REFERENCE:
                 reference_step(mix_seed(cfg.seed, step), clock)
+                numel = space.numel
+            else:
+                numel = zorun_step(name, step, clock)
             _sync(device)
             if step >= args.warmup:
                 walls[name] += time.perf_counter() - start
+                written[name] += numel
     figures = {}
     for name, clock in clocks.items():
         per = {k: clock.totals[k] / args.steps for k in ("forward", "perturb", "update")}
@@ -235,16 +258,26 @@ def bench_step(args: argparse.Namespace) -> Dict[str, Any]:
         per["other"] = per["step"] - per["forward"] - per["perturb"] - per["update"]
         per["step_over_2fwd"] = per["step"] / per["forward"]  # forward holds both passes of a step
         per["perturb_update_share"] = (per["perturb"] + per["update"]) / per["step"]
+        per["elements_frac"] = written[name] / (args.steps * space.numel)
         figures[name] = per
+    first = next(iter(variants))
     result = {
         "command": "step", "env": environment(device),
         "model": cfg.model.name, "dtype": str(getattr(cfg.model.dtype, "value", cfg.model.dtype)),
         "params": space.numel, "tensors": len(space), "batch": args.batch, "seq_len": args.seq_len,
-        "estimator": cfg.estimator.name, "sampler": cfg.sampler.name, "steps": args.steps,
-        "figures": figures, "speedup": figures["reference"]["step"] / figures["zorun"]["step"],
+        "estimator": cfg.estimator.name, "samplers": samplers, "steps": args.steps, "figures": figures,
+        "speedup": {name: figures[REFERENCE]["step"] / figures[name]["step"] for name in variants},
+        "perturb_update_vs_first": {name: _pert_upd(figures[name]) / _pert_upd(figures[first]) for name in variants},
     }
     _print_step(result)
     return result
+
+
+REFERENCE = "MeZO-style (4 x torch.normal)"
+
+
+def _pert_upd(f: Dict[str, float]) -> float:
+    return f["perturb"] + f["update"]
 
 
 def _print_step(r: Dict[str, Any]) -> None:
@@ -254,28 +287,89 @@ def _print_step(r: Dict[str, Any]) -> None:
           f"device={env.get('gpu', env['device'])} threads={env['threads']} torch={env['torch']} "
           f"triton={env['triton']} kernels={env['kernels']}")
     print(f"{'per step (s)':<32} {'forward':>8} {'perturb':>8} {'update':>8} {'other':>8} {'step':>8} "
-          f"{'step/2fwd':>10} {'pert+upd':>9}")
-    labels = {"zorun": f"zorun {r['estimator']}/{r['sampler']}", "reference": "MeZO-style (4 x torch.normal)"}
+          f"{'step/2fwd':>10} {'pert+upd':>9} {'elements':>9}")
     for name, f in r["figures"].items():
-        print(f"{labels[name]:<32} {f['forward']:>8.3f} {f['perturb']:>8.3f} {f['update']:>8.3f} "
+        print(f"{name:<32} {f['forward']:>8.3f} {f['perturb']:>8.3f} {f['update']:>8.3f} "
               f"{f['other']:>8.3f} {f['step']:>8.3f} {f['step_over_2fwd']:>10.3f} "
-              f"{100 * f['perturb_update_share']:>8.0f}%")
-    print(f"zorun speed-up over the MeZO-style step: {r['speedup']:.2f}x")
+              f"{100 * f['perturb_update_share']:>8.0f}% {f['elements_frac']:>9.3f}")
+    first = next(iter(r["perturb_update_vs_first"]))
+    for name, speedup in r["speedup"].items():
+        line = f"{name}: {speedup:.2f}x the MeZO-style step's speed"
+        if name != first:
+            line += f"; perturb+update time {r['perturb_update_vs_first'][name]:.3f}x {first}'s"
+        print(line)
 
 
 # --------------------------------------------------------------------- main
 def bench_memory(args: argparse.Namespace) -> Dict[str, Any]:
-    """Peak memory of one ZO step next to one inference forward on the same batch (own processes)."""
+    """Peak memory of one training step per method next to one inference forward on the same batch (own processes)."""
     from zorun.memory import compare
 
-    result = compare(list(args.overrides))
-    fwd, zo = result["forward"]["peak_bytes"], result["zo_step"]["peak_bytes"]
+    cfg = _compose(args.overrides)  # a bad override is one line before any process starts
+    overrides = ["model=opt-125m", *args.overrides, "model.init=random"]
+    methods = [m for m in args.methods.split(",") if m]
+    result = compare(overrides, methods)
+    fwd = result["forward"]
     mib = 2 ** 20
-    print(f"parameters      {result['forward']['param_bytes'] / mib:10.1f} MiB")
-    print(f"forward (no grad) peak {fwd / mib:10.1f} MiB")
-    print(f"ZO step peak    {zo / mib:10.1f} MiB")
-    print(f"ratio ZO step / forward: {zo / fwd:.3f}")
-    return {**result, "ratio": zo / fwd}
+    print(f"zorun-bench memory  {cfg.model.name} (random init, {getattr(cfg.model.dtype, 'value', cfg.model.dtype)}) "
+          f"batch {cfg.budget.batch_size} of task={cfg.task.name}, device={_device(cfg.model.device)}; "
+          f"parameters {fwd['param_bytes'] / mib:.1f} MiB")
+    print(f"{'method':<28} {'peak MiB':>10} {'x forward':>10} {'extra state MiB':>16}")
+    print(f"{'inference forward (no grad)':<28} {fwd['peak_bytes'] / mib:>10.1f} {1.0:>10.3f} {0.0:>16.1f}")
+    for method, step in result["steps"].items():
+        step["ratio"] = step["peak_bytes"] / fwd["peak_bytes"]
+        print(f"{method:<28} {step['peak_bytes'] / mib:>10.1f} {step['ratio']:>10.3f} "
+              f"{step['state_bytes'] / mib:>16.1f}")
+    return {"command": "memory", "overrides": overrides, **result}
+
+
+def bench_scaling(args: argparse.Namespace) -> Dict[str, Any]:
+    """Training throughput of data-parallel ZO: the same run under torchrun with 1, 2, ... processes."""
+    import os
+    import socket
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    cfg = _compose(args.overrides)
+    try:
+        counts = [int(n) for n in args.nprocs.split(",")]
+    except ValueError:
+        raise ZorunError(f"--nprocs={args.nprocs}: expected comma-separated process counts such as 1,2")
+    if min(counts) < 1 or max(counts) > cfg.budget.batch_size:
+        raise ZorunError(f"--nprocs must be between 1 and budget.batch_size={cfg.budget.batch_size}")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or 1)}
+    overrides = ["model=opt-125m", *args.overrides, "model.init=random", f"budget.steps={args.steps}",
+                 "budget.checkpoint_every=0", "task.num_dev=0", "task.num_test=0", "logger=none",
+                 "logger.progress=false"]
+    print(f"zorun-bench scaling  {cfg.model.name} (random init) {cfg.estimator.name}/{cfg.sampler.name}, global batch "
+          f"{cfg.budget.batch_size} of task={cfg.task.name}, {args.steps} steps, {env['OMP_NUM_THREADS']} thread(s) "
+          f"per process, torch={torch.__version__}")
+    print(f"{'processes':>9} {'s / step':>9} {'forward':>8} {'pert+upd':>9} {'examples/s':>11} {'speed-up':>9}",
+          flush=True)
+    rows: List[Dict[str, Any]] = []
+    for n in counts:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        run_dir = Path(tempfile.mkdtemp(prefix=f"zorun-scaling-{n}-"))
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", f"--master_port={port}",
+               "-m", "zorun", *overrides, f"hydra.run.dir={run_dir}"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ZorunError(f"the {n}-process run failed (exit {proc.returncode}): "
+                             f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no output'}")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        train_s = sum(summary["time_s"].get(k, 0.0) for k in ("forward", "perturb", "update", "sampler"))  # rank 0's
+        times, steps = summary["time_s"], summary["steps"]
+        row = {"processes": n, "step_s": train_s / steps, "forward_s": times["forward"] / steps,
+               "perturb_update_s": (times["perturb"] + times["update"]) / steps,
+               "examples_per_s": steps * cfg.budget.batch_size / train_s}
+        row["speedup"] = row["examples_per_s"] / rows[0]["examples_per_s"] if rows else 1.0
+        rows.append(row)
+        print(f"{n:>9} {row['step_s']:>9.3f} {row['forward_s']:>8.3f} {row['perturb_update_s']:>9.3f} "
+              f"{row['examples_per_s']:>11.2f} {row['speedup']:>9.2f}", flush=True)
+    return {"command": "scaling", "overrides": overrides, "env": environment(torch.device("cpu")), "rows": rows}
 
 
 def networks_size(preset: str) -> Dict[str, Any]:
@@ -305,10 +399,10 @@ def networks_size(preset: str) -> Dict[str, Any]:
 
 def bench_pertnn(args: argparse.Namespace) -> Dict[str, Any]:
     """Meta-training's peak memory against its first-order teacher alone, and the networks' size at scale."""
-    from zorun.memory import compare
+    from zorun.memory import compare_metatrain
 
     mib = 2 ** 20
-    result = compare(list(args.overrides), modes=("teacher", "metatrain"))
+    result = compare_metatrain(list(args.overrides))
     teacher, meta = result["teacher"]["peak_bytes"], result["metatrain"]["peak_bytes"]
     print(f"zorun-bench pertnn  overrides: {' '.join(args.overrides) or '(metatrain defaults)'}")
     print(f"parameters                                   {result['teacher']['param_bytes'] / mib:10.1f} MiB")
@@ -347,19 +441,29 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=4)
     s.add_argument("--seq-len", type=int, default=128)
     s.add_argument("--steps", type=int, default=5, help="measured steps per method")
+    s.add_argument("--samplers", default=None,
+                   help="compare these samplers side by side, e.g. uniform,adalezo (default: the configured one)")
     s.add_argument("--warmup", type=int, default=1)
     s.set_defaults(run=bench_step)
 
-    m = sub.add_parser("memory", help="peak memory of one ZO step vs one inference forward, same batch")
-    m.add_argument("overrides", nargs="*", help="zorun config overrides, e.g. model=opt-125m model.init=random")
+    m = sub.add_parser("memory", help="peak memory of one training step per method vs one inference forward, same batch")
+    m.add_argument("overrides", nargs="*", help="zorun config overrides (default model=opt-125m, always random init)")
+    m.add_argument("--methods", default="mezo/uniform,mezo/adalezo",
+                   help="comma-separated ESTIMATOR/SAMPLER, e.g. mezo/uniform,zo-adam/uniform,fo-adam/uniform")
     m.set_defaults(run=bench_memory)
+
+    sc = sub.add_parser("scaling", help="data-parallel throughput: the same run under torchrun with 1, 2, ... processes")
+    sc.add_argument("overrides", nargs="*", help="zorun config overrides (default model=opt-125m, always random init)")
+    sc.add_argument("--nprocs", default="1,2", help="comma-separated process counts (default 1,2)")
+    sc.add_argument("--steps", type=int, default=10, help="training steps per run")
+    sc.set_defaults(run=bench_scaling)
 
     pn = sub.add_parser("pertnn", help="PertNN meta-training peak memory vs its first-order teacher; networks' size")
     pn.add_argument("overrides", nargs="*", help="zorun-metatrain overrides, e.g. model=opt-125m model.init=random")
     pn.add_argument("--size-preset", default="opt-30b", help="model preset whose networks' size is computed (no download)")
     pn.set_defaults(run=bench_pertnn)
 
-    for p in (k, s, m, pn):
+    for p in (k, s, m, sc, pn):
         p.add_argument("--json", default=None, help="also write the figures to this JSON file")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return ap

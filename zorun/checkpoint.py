@@ -164,12 +164,7 @@ class Checkpoints:
         """Write step-N atomically; raises NonFiniteError (writing nothing) if any value is not finite."""
         tensors: Dict[str, torch.Tensor] = {}
         tree = split_tensors(state, "", tensors)
-        bad = all_finite(space)
-        if bad is None:
-            bad = next((k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())),
-                       None)
-        if bad is not None:
-            raise NonFiniteError(f"not saving a checkpoint at step {step}: '{bad}' holds non-finite values")
+        _check_finite(step, space, tensors)
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"step-{step:08d}"
         tmp = self.root / f".tmp-step-{step:08d}-{os.getpid()}"
@@ -194,6 +189,21 @@ class Checkpoints:
         for _, path in self.steps()[: -self.keep]:
             shutil.rmtree(path, ignore_errors=True)
         return final
+
+
+def _check_finite(step: int, space: ParamSpace, tensors: Dict[str, torch.Tensor]) -> None:
+    bad = all_finite(space)
+    if bad is None:
+        bad = next((k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise NonFiniteError(f"not saving a checkpoint at step {step}: '{bad}' holds non-finite values")
+
+
+def check_savable(step: int, space: ParamSpace, state: Dict[str, Any]) -> None:
+    """What :meth:`Checkpoints.save` checks, without writing (data-parallel ranks other than 0)."""
+    tensors: Dict[str, torch.Tensor] = {}
+    split_tensors(state, "", tensors)
+    _check_finite(step, space, tensors)
 
 
 # ------------------------------------------------------------- reading

@@ -141,6 +141,30 @@ def preflight(overrides: List[str], multirun: bool, config_name: str = "config")
     return len(jobs)
 
 
+def resolved_run_dir(overrides: List[str]) -> str:
+    """The run directory Hydra will use for these overrides (its ${now:...} resolved here, once)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="zorun"):
+        return str(compose("config", overrides=list(overrides), return_hydra_config=True).hydra.run.dir)
+
+
+def data_parallel_argv(argv: List[str], overrides: List[str], multirun: bool) -> List[str]:
+    """Under torchrun: every rank runs in rank 0's run directory, and only rank 0 writes Hydra's files there."""
+    from zorun.distributed import DataParallel
+
+    if multirun:
+        raise ZorunError("-m under torchrun would run every job on every rank; launch each job with torchrun, "
+                         "or a multirun without torchrun (hydra/launcher=submitit_slurm for clusters)")
+    dp = DataParallel.from_env()
+    run_dir = dp.broadcast(resolved_run_dir(overrides) if dp.is_main else None)
+    quoted = run_dir.replace("\\", "\\\\").replace("'", "\\'")
+    extra = [f"hydra.run.dir='{quoted}'"]
+    if not dp.is_main:  # no .hydra/ and no log file from the other ranks
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    return list(argv) + extra
+
+
 def usage() -> str:
     lines = [
         "zorun: zeroth-order (forward-only) fine-tuning of language models, driven by Hydra.",
@@ -209,6 +233,11 @@ def run_app(app, config_name: str, argv: List[str], prog: str) -> None:
                 if overrides != args.overrides:  # resume=RUN_DIR: the run's own overrides first, then these
                     argv = [a for a in argv if a not in args.overrides] + overrides
             preflight(overrides, args.multirun, config_name)
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
+                if config_name != "config":
+                    raise ZorunError(f"{prog} runs in one process (its meta-gradient is not data-parallel); "
+                                     "launch it without torchrun")
+                argv = data_parallel_argv(argv, overrides, args.multirun)
         except (ZorunError, HydraException, OmegaConfBaseException) as ex:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise

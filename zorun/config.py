@@ -40,9 +40,35 @@ class KernelBackend(str, Enum):
     torch = "torch"
 
 
+class PeftKind(str, Enum):
+    none = "none"  # full-parameter fine-tuning
+    lora = "lora"  # LoRA adapters (model.lora.*) through peft
+    prefix = "prefix"  # prefix tuning (model.prefix.*) through peft
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
+
+
 class TaskType(str, Enum):
     classification = "classification"
     generation = "generation"
+
+
+@dataclass
+class LoraOptions:
+    """model.peft=lora; defaults are MeZO's (r 8, alpha 16 on the attention query and value projections)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0  # ZO probes need deterministic forwards; MeZO uses none
+    target_modules: Optional[List[str]] = None  # None: peft's default for the architecture (q_proj/v_proj, GPT-2 c_attn)
+
+
+@dataclass
+class PrefixOptions:
+    """model.peft=prefix; MeZO's prefix tuning uses 5 virtual tokens."""
+
+    num_virtual_tokens: int = 5
 
 
 @dataclass
@@ -59,6 +85,10 @@ class ModelConfig:
     arch: Dict[str, Any] = field(default_factory=dict)
     tokenizer: Optional[str] = None  # "builtin" for the offline tiny tokenizer; else hub id/path
     trust_remote_code: bool = False  # run the model repository's own Python code (transformers' flag); off unless set
+    peft: PeftKind = PeftKind.none  # train an adapter only: lora | prefix (zorun/models/adapters.py)
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    prefix: PrefixOptions = field(default_factory=PrefixOptions)
+    device_map: Optional[str] = None  # auto | balanced | balanced_low_0 | sequential: shard over the GPUs (accelerate)
 
 
 @dataclass
@@ -201,6 +231,24 @@ class AdaLeZOSamplerConfig(SamplerConfig):
     warm_start: bool = False  # start with the policy biased to the deepest 40% of layers
 
 
+class MeanInit(str, Enum):
+    zero = "zero"  # μ_0 = 0: the first steps sample as the uniform sampler does
+    random = "random"  # μ_0 = a random unit vector per block (the public code's alternative)
+
+
+@dataclass
+class LDSDSamplerConfig(SamplerConfig):
+    """sampler=ldsd (zorun/samplers/ldsd.py); defaults from the public script (ALGORITHMS.md)."""
+
+    name: str = "ldsd"
+    k: int = 5  # K candidate directions per step, best of K (K + 2 forward passes)
+    sigma: float = 1.0  # policy std: directions z ~ N(μ, σ²I)
+    lr_mu: float = 4e-2  # η_μ: learning rate of the REINFORCE step on μ (0: best-of-K without learning)
+    mu_init: MeanInit = MeanInit.zero
+    mean_fraction: float = 1.0  # share of the blocks that keep a learned mean (random fixed subset); others μ = 0
+    cosine_every: int = 0  # log cos(μ, −∇L) every n steps, ∇L by autograd (a backward pass; small models); 0: never
+
+
 @dataclass
 class PertNNSamplerConfig(SamplerConfig):
     """sampler=pertnn (zorun/samplers/pertnn.py): ZO Fine-tuner's learned per-block perturbation scales."""
@@ -309,6 +357,7 @@ def register_configs() -> None:
         cs.store(group=f"schema/{group}", name="base", node=node)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
     cs.store(group="schema/sampler", name="adalezo", node=AdaLeZOSamplerConfig)
+    cs.store(group="schema/sampler", name="ldsd", node=LDSDSamplerConfig)
     cs.store(group="schema/sampler", name="pertnn", node=PertNNSamplerConfig)
     for name, node in ESTIMATOR_SCHEMAS.items():
         cs.store(group="schema/estimator", name=name, node=node)
@@ -342,12 +391,29 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.model.max_length >= 8, "model.max_length", cfg.model.max_length, "it must be >= 8")
     if cfg.sampler.name == "adalezo":
         _validate_adalezo(cfg.sampler)
+    if cfg.sampler.name == "ldsd":
+        _validate_ldsd(cfg.sampler)
     if cfg.sampler.name == "pertnn":
         _validate_pertnn(cfg.sampler)
+    _validate_model(cfg.model)
     if cfg.model.init == ModelInit.random and not cfg.model.arch:
         raise ConfigError(f"model.init=random needs model.arch fields, and model={cfg.model.name} has none")
     if task.name == "local" and not task.path:
         raise ConfigError("task=local needs task.path=FILE.jsonl (one JSON object per line)")
+
+
+def _validate_model(m: DictConfig) -> None:
+    _require(m.lora.r >= 1, "model.lora.r", m.lora.r, "it must be >= 1")
+    _require(m.lora.alpha > 0, "model.lora.alpha", m.lora.alpha, "it must be > 0")
+    _require(0 <= m.lora.dropout < 1, "model.lora.dropout", m.lora.dropout, "it must be in [0, 1)")
+    _require(m.prefix.num_virtual_tokens >= 1, "model.prefix.num_virtual_tokens", m.prefix.num_virtual_tokens,
+             "it must be >= 1")
+    if m.device_map is not None:
+        _require(m.device_map in DEVICE_MAPS, "model.device_map", m.device_map,
+                 f"choose one of {', '.join(DEVICE_MAPS)} (accelerate's strategies), or null for one device")
+        if m.device != "auto":
+            raise ConfigError(f"model.device_map={m.device_map} places the model over every visible GPU, so "
+                              f"model.device={m.device} cannot apply; drop one of them (CUDA_VISIBLE_DEVICES picks GPUs)")
 
 
 def _validate_adalezo(s: DictConfig) -> None:
@@ -357,6 +423,15 @@ def _validate_adalezo(s: DictConfig) -> None:
     _require(0 < s.ema_alpha <= 1, "sampler.ema_alpha", s.ema_alpha, "it must be in (0, 1]")
     _require(s.ipw_clip > 0, "sampler.ipw_clip", s.ipw_clip, "it must be > 0 (inf: no clip)")
     _require(s.interval >= 1, "sampler.interval", s.interval, "it must be >= 1")
+
+
+def _validate_ldsd(s: DictConfig) -> None:
+    _require(s.k >= 2, "sampler.k", s.k, "it must be >= 2 (the leave-one-out baseline needs two candidates)")
+    _require(s.sigma > 0, "sampler.sigma", s.sigma, "it must be > 0 (the policy's standard deviation)")
+    _require(s.lr_mu >= 0, "sampler.lr_mu", s.lr_mu, "it must be >= 0 (0: best of K, no learned mean)")
+    _require(0 < s.mean_fraction <= 1, "sampler.mean_fraction", s.mean_fraction,
+             "it must be in (0, 1]: the share of blocks with a learned mean")
+    _require(s.cosine_every >= 0, "sampler.cosine_every", s.cosine_every, "it must be >= 0 (0: never)")
 
 
 def validate_metatrain(cfg: DictConfig) -> None:

@@ -14,7 +14,7 @@ from typing import Dict, List
 
 import torch
 
-_LAYER_RE = re.compile(r"\.(?:layers|h|block|blocks)\.(\d+)\.")
+_LAYER_RE = re.compile(r"\.(?:layers|h|block|blocks)\.(\d+)(?:\.|$)")
 _EMBED_RE = re.compile(r"embed|wte|wpe")
 
 

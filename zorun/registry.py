@@ -17,13 +17,15 @@ from zorun.estimators.momentum import ZOMomentum
 from zorun.estimators.sign import ZOSign
 from zorun.samplers.adalezo import AdaLeZOSampler
 from zorun.samplers.base import Sampler
+from zorun.samplers.ldsd import LDSDSampler
 from zorun.samplers.pertnn import PertNNSampler
 from zorun.samplers.uniform import UniformSampler
 
 ESTIMATORS: Dict[str, Type[Estimator]] = {
     cls.name: cls for cls in (MeZO, ZOMomentum, ZOSign, ZOAdam, HiZOO, LOZO, LOZOM, FOSGD, FOAdam)
 }
-SAMPLERS: Dict[str, Type[Sampler]] = {"uniform": UniformSampler, "adalezo": AdaLeZOSampler, "pertnn": PertNNSampler}
+SAMPLERS: Dict[str, Type[Sampler]] = {"uniform": UniformSampler, "adalezo": AdaLeZOSampler, "ldsd": LDSDSampler,
+                                     "pertnn": PertNNSampler}
 # Samplers whose Plan is every block at scale 1 and weight 1: the only ones a first-order
 # (gradient) estimator can honour, since it has no direction distribution to shape.
 GRADIENT_SAMPLERS = {"uniform"}
@@ -43,7 +45,23 @@ def check_combination(cfg: DictConfig) -> None:
     if sampler == "pertnn" and not cfg.sampler.checkpoint:
         raise ConfigError("sampler=pertnn needs trained networks: sampler.checkpoint=PATH.safetensors "
                           "(from zorun-metatrain, or zorun-pertnn import of released ones)")
+    if sampler == "ldsd":
+        _check_ldsd(cfg, cls)
     cls.check(cfg.estimator)
+
+
+def _check_ldsd(cfg: DictConfig, cls: Type[Estimator]) -> None:
+    """LDSD's candidates and mean live in the kernels' directions, and its estimate is one two-sided probe."""
+    est = cfg.estimator
+    if not cls.kernel_directions:
+        usable = ", ".join(n for n, c in ESTIMATORS.items() if c.kernel_directions)
+        raise ConfigError(f"sampler=ldsd needs an estimator that probes along the kernels' Gaussian directions; "
+                          f"estimator={est.name} does not, use one of {usable}")
+    if est.one_sided:
+        raise ConfigError("sampler=ldsd estimates two-sided along the best candidate; set estimator.one_sided=false")
+    if est.q != 1:
+        raise ConfigError(f"sampler=ldsd makes one estimate per step along the best of sampler.k candidates; "
+                          f"set estimator.q=1 (got {est.q}), or raise sampler.k")
 
 
 def build_estimator(cfg: DictConfig, space) -> Estimator:

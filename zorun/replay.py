@@ -26,22 +26,34 @@ from safetensors.torch import save_file
 
 from zorun.errors import ZorunError
 from zorun.timing import Clock
-from zorun.trajectory import NAME, ReplayError, ScriptedLoss, decode_plan, read, steps_between
+from zorun.trajectory import NAME, SAMPLER_STATE, ReplayError, ScriptedLoss, decode_plan, read, steps_between
 
 
-def replay(estimator, records: List[Dict[str, Any]], num_blocks: int, start: int, stop: int, clock: Clock) -> int:
-    """Apply the logged steps start <= step < stop through `estimator`; returns how many were applied."""
+def replay(estimator, records: List[Dict[str, Any]], num_blocks: int, start: int, stop: int, clock: Clock,
+           sampler=None) -> int:
+    """Apply the logged steps start <= step < stop through `estimator`; returns how many were applied.
+
+    A sampler whose Plans carry state (``replays_state``, e.g. LDSD's mean) must come with its state as of
+    step `start`: each Plan is completed with it, and it learns from each replayed step as in training.
+    """
     if getattr(estimator, "differentiable", False):
         raise ReplayError(f"estimator={estimator.name} is first-order: its updates are not a function of logged "
                           f"loss values, so its trajectory cannot be replayed")
     applied = 0
     for record in steps_between(records, start, stop):
         oracle = ScriptedLoss(record["losses"], record["step"])
-        result = estimator.step(decode_plan(record, num_blocks), oracle, record["lr"], clock)
+        plan = decode_plan(record, num_blocks)
+        if record.get("mean") == SAMPLER_STATE:
+            if sampler is None:
+                raise ReplayError(f"step {record['step']}: the Plan had a sampler-held mean and no sampler replays it")
+            plan = sampler.complete(plan)
+        result = estimator.step(plan, oracle, record["lr"], clock)
         logged = record["grad"]
         if oracle.calls != len(oracle.values) or not result.finite or logged is None or result.grad != logged:
             raise ReplayError(f"step {record['step']}: the replayed projected gradient {result.grad!r} differs from "
                               f"the logged {logged!r}; the log was written with another estimator or config")
+        if sampler is not None:
+            sampler.learn(plan, result)
         applied += 1
     return applied
 
@@ -76,7 +88,8 @@ def run_replay(run_dir: Path, steps: int | None, out: Path | None, device: str |
     run.build_model()
     if header["num_blocks"] != len(run.space):
         raise ReplayError(f"the log has {header['num_blocks']} blocks, model={cfg.model.name} has {len(run.space)}")
-    applied = replay(run.estimator, records, len(run.space), 0, stop, Clock())
+    sampler = run.sampler if run.sampler.replays_state else None
+    applied = replay(run.estimator, records, len(run.space), 0, stop, Clock(), sampler)
     seconds = time.perf_counter() - started
     out = out or run_dir / "replayed.safetensors"
     save_file({b.name: b.tensor.detach().cpu().contiguous() for b in run.space.blocks}, str(out),

@@ -24,7 +24,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from zorun.errors import ZorunError
 from zorun.multirun import config_hash, method_label
+from zorun.time_to_target import COLUMNS as TARGET_COLUMNS
+from zorun.time_to_target import Row, Target, time_to_target
 
 PRIMARY_METRICS = ("accuracy", "f1", "em")  # the first one a task reports is the table's metric
 HIDDEN_OVERRIDES = ("seed", "+sweep", "sweep", "force")
@@ -96,6 +99,8 @@ class Report:
     cells: Dict[Tuple[str, str], Dict[str, Cell]] = field(default_factory=dict)
     methods: List[str] = field(default_factory=list)
     plots: List[Path] = field(default_factory=list)
+    target: Optional[Target] = None
+    target_rows: List[Row] = field(default_factory=list)
 
     @property
     def out_dir(self) -> Path:
@@ -122,6 +127,8 @@ class Report:
         found = {m for row in self.cells.values() for m in row}
         first = [m for m in ("zero-shot", "icl") if m in found]
         self.methods = first + sorted(found - set(first))
+        if self.target is not None:
+            self.target_rows = time_to_target(self.jobs, self.target, read_records)
 
     def _cell(self, jobs: List[Job]) -> Cell:
         tests = [metric_of(j.summary.get("test"), self.metric) for j in jobs]
@@ -161,6 +168,13 @@ class Report:
                 lines.append(f"| {model} | {task} | " + " | ".join(cells) + " |")
         else:
             lines.append("No completed job reports a test metric.")
+        if self.target_rows:
+            lines += ["", f"## Time to target: {self.target}", "",
+                      "steps and train_s (training seconds without set-up, evaluation and checkpoints) at the "
+                      "first logged point that reaches the target, mean ± std over the runs that reached it; "
+                      "speedup = the base method's train_s / this method's (all runs must reach it)", "",
+                      "| " + " | ".join(TARGET_COLUMNS) + " |", "|" + "---|" * len(TARGET_COLUMNS)]
+            lines += ["| " + " | ".join(row.cells()) + " |" for row in self.target_rows]
         if self.failed:
             lines += ["", f"## Failed jobs ({len(self.failed)})", ""]
             lines += [f"- `{job.dir.name}`: {job.status}: {job.error}" for job in self.failed]
@@ -171,7 +185,10 @@ class Report:
     def write(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.plots = plot_all(self)
-        for name, (columns, rows) in (("results.csv", self.table_rows()), ("jobs.csv", self.job_rows())):
+        tables = [("results.csv", self.table_rows()), ("jobs.csv", self.job_rows())]
+        if self.target_rows:
+            tables.append(("time_to_target.csv", (TARGET_COLUMNS, [row.cells() for row in self.target_rows])))
+        for name, (columns, rows) in tables:
             with (self.out_dir / name).open("w", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(columns)
@@ -193,6 +210,14 @@ class Report:
                      for m in self.methods]
             table.add_row(model, task, *cells)
         console.print(table)
+        if self.target_rows:
+            target_table = Table(title=f"time to target: {self.target} · mean ± std over seeds")
+            for column in TARGET_COLUMNS:
+                target_table.add_column(column, justify="left" if column in ("model", "task", "method", "setting")
+                                        else "right")
+            for row in self.target_rows:
+                target_table.add_row(*row.cells())
+            console.print(target_table)
         for job in self.failed:
             console.print(f"[red]{job.status}[/] {job.dir.name}: {job.error}")
         console.print(f"report: {self.out_dir}/report.md, results.csv, jobs.csv, {len(self.plots)} plots")
@@ -226,20 +251,25 @@ def primary_metric(jobs: Sequence[Job]) -> str:
     return PRIMARY_METRICS[0]
 
 
-def build_report(root: Path, metric: Optional[str] = None) -> Report:
+def build_report(root: Path, metric: Optional[str] = None, target: Optional[Target] = None) -> Report:
     root = Path(root)
     jobs = find_jobs(root)
-    report = Report(root, jobs, metric or primary_metric(jobs))
+    report = Report(root, jobs, metric or primary_metric(jobs), target=target)
     report.aggregate()
     return report
 
 
-def read_metrics(job_dir: Path) -> List[Dict[str, Any]]:
+def read_records(job_dir: Path) -> List[Dict[str, Any]]:
+    """Every metrics.jsonl record of a job, in order (train-loss, dev and event records)."""
     path = job_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-            if r.get("loss") is not None]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_metrics(job_dir: Path) -> List[Dict[str, Any]]:
+    """The train-loss records of a job."""
+    return [r for r in read_records(job_dir) if r.get("loss") is not None]
 
 
 # --------------------------------------------------------------------- plots
@@ -345,12 +375,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="zorun-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (hydra.sweep.dir)")
     parser.add_argument("--metric", help="test/dev metric of the table (default: accuracy, else f1, else em)")
+    parser.add_argument("--target", metavar="METRIC=VALUE",
+                        help="add steps and training seconds to reach a dev metric (accuracy=0.9) or a train loss "
+                             "(train_loss=0.3), with each sampler's speed-up over its base estimator")
     args = parser.parse_args(argv)
+    try:
+        target = Target.parse(args.target) if args.target else None
+    except ZorunError as err:
+        print(f"zorun-report: error: {err}", file=sys.stderr)
+        sys.exit(2)
     if not args.sweep_dir.is_dir():
         print(f"zorun-report: error: {args.sweep_dir} is not a directory; pass a multirun directory "
               "such as outputs/multirun/smoke", file=sys.stderr)
         sys.exit(2)
-    report = build_report(args.sweep_dir, args.metric)
+    report = build_report(args.sweep_dir, args.metric, target)
     if not report.jobs:
         print(f"zorun-report: error: no job directories (with .hydra/config.yaml) under {args.sweep_dir}",
               file=sys.stderr)

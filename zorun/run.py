@@ -11,7 +11,9 @@ undoes bit for bit (see docs/checkpoints.md).
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -20,16 +22,19 @@ import torch
 from omegaconf import DictConfig
 
 from zorun import kernels
-from zorun.checkpoint import (Checkpoint, CheckpointError, Checkpoints, NonFiniteError, all_finite, log_sizes,
-                              rng_state, set_rng_state, truncate_logs)
+from zorun.checkpoint import (Checkpoint, CheckpointError, Checkpoints, NonFiniteError, all_finite, check_savable,
+                              log_sizes, rng_state, set_rng_state, truncate_logs)
+from zorun.distributed import DataParallel
 from zorun.errors import ZorunError
 from zorun.estimators.schedule import LRSchedule
-from zorun.memory import peak_bytes
+from zorun.memory import peak_bytes, peaks, reset_peaks
 from zorun.multirun import config_hash, identity
 from zorun.models import load_model, load_tokenizer
+from zorun.models.adapters import save_adapter
+from zorun.models.placement import input_device
 from zorun.params import ParamSpace
 from zorun.preemption import StopSignals
-from zorun.registry import build_estimator, build_sampler
+from zorun.registry import ESTIMATORS, build_estimator, build_sampler
 from zorun.replay import replay
 from zorun.tasks import Example, Task, build_task
 from zorun.tasks.scoring import classification_loss, encode, evaluate_classification, evaluate_generation, lm_loss
@@ -52,6 +57,8 @@ class Run:
     def __init__(self, cfg: DictConfig, out_dir: str, signals: Optional[StopSignals] = None):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
+        self.dp = DataParallel.from_env()  # under torchrun: this rank; rank 0 alone writes to out_dir
+        self.scratch: Optional[Path] = None  # other ranks: a private directory for their trajectory log
         self.status = "running"
         self.error: Optional[str] = None
         self.step = 0  # steps taken, skipped ones included; the next step's index
@@ -68,42 +75,66 @@ class Run:
         self.clock = Clock()
         self.start_time = time.perf_counter()
         self.metrics: Optional[MetricsWriter] = None
-        self.console = Console(enabled=bool(cfg.logger.progress))
+        self.console = Console(enabled=bool(cfg.logger.progress) and self.dp.is_main)
         self.wandb = WandbLogger()
         self.signals = signals or StopSignals()  # entered by execute(); never set in library use
         self.checkpoints = Checkpoints(self.out_dir / "checkpoints", cfg.budget.keep_checkpoints)
         self.saved_step: Optional[int] = None  # the step of this attempt's newest checkpoint
         self.resumed_from: Optional[int] = None
         self.trajectory: Optional[TrajectoryWriter] = None
+        self.memory: Optional[Dict[str, Dict[str, float]]] = None  # peaks of the attempt's first step, per device
+        self.peak_before: Dict[str, int] = {}  # peaks per device before the first step's measurement reset them
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         """Outputs first (a directory that cannot be written fails now, not at the first save), then
         the model, then the newest checkpoint of the directory, if any: relaunching a run resumes it."""
         cfg = self.cfg
-        check_writable(self.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoints.discard_partial()
-        latest = self.checkpoints.latest()
+        if self.dp.is_main:
+            check_writable(self.out_dir)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.checkpoints.discard_partial()
+        if self.dp.enabled:
+            self.check_data_parallel()
+        latest = self.checkpoints.latest()  # every rank resumes from rank 0's checkpoints (a shared directory)
         if latest is None and cfg.resume:
             raise ZorunError(f"resume={cfg.resume}: {self.checkpoints.root} holds no checkpoint (budget.checkpoint_every=0 "
                              f"and never stopped by a signal?); start the run afresh without resume=")
-        self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl")
-        self.wandb = start_run_logger(cfg, self.out_dir)
+        if self.dp.is_main:
+            self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl")
+            self.wandb = start_run_logger(cfg, self.out_dir)
         with self.clock("setup"):
             self.task = build_task(cfg.task)  # data problems surface before the model loads
             self.tokenizer = load_tokenizer(cfg.model)
             self.build_model()
-        self.sampler.open_log(self.out_dir)
-        # back to their sizes at the checkpoint (a fresh start empties them); writes append at the new end
-        truncate_logs(self.log_paths(), latest.meta["logs"] if latest else {})
-        self.trajectory = TrajectoryWriter(self.out_dir / TRAJECTORY, {
-            "num_blocks": len(self.space), "estimator": cfg.estimator.name, "sampler": cfg.sampler.name})
-        log.info("model %s: %d trainable tensors, %.2fM parameters on %s", cfg.model.name,
-                 len(self.space), self.space.numel / 1e6, self.device)
+        header = {"num_blocks": len(self.space), "estimator": cfg.estimator.name, "sampler": cfg.sampler.name}
+        if self.dp.is_main:
+            self.sampler.open_log(self.out_dir)
+            # back to their sizes at the checkpoint (a fresh start empties them); writes append at the new end
+            truncate_logs(self.log_paths(), latest.meta["logs"] if latest else {})
+            self.trajectory = TrajectoryWriter(self.out_dir / TRAJECTORY, header)
+        else:  # the same records, kept privately: an exact undo of a non-finite step replays them
+            self.scratch = Path(tempfile.mkdtemp(prefix=f"zorun-rank{self.dp.rank}-"))
+            self.trajectory = TrajectoryWriter(self.scratch / TRAJECTORY, header)
+        log.info("model %s: %d trainable tensors, %.2fM parameters on %s%s", cfg.model.name,
+                 len(self.space), self.space.numel / 1e6, self.device,
+                 f"; data-parallel over {self.dp.world} ranks" if self.dp.enabled else "")
         if latest is not None:
             with self.clock("checkpoint"):
                 self.resume(latest)
+
+    def check_data_parallel(self) -> None:
+        """What data-parallel ZO cannot do, refused in one line before the model loads."""
+        cfg, world = self.cfg, self.dp.world
+        if ESTIMATORS[cfg.estimator.name].differentiable:
+            raise ZorunError(f"estimator={cfg.estimator.name} backpropagates, and zorun's data parallelism shares "
+                             f"loss values only (no gradients); run it in one process, or use a ZO estimator")
+        if cfg.model.get("device_map"):
+            raise ZorunError(f"model.device_map={cfg.model.device_map} shards one model over the GPUs, torchrun "
+                             f"replicates it per rank; use one of the two (drop model.device_map, or run without torchrun)")
+        if cfg.budget.batch_size < world:
+            raise ZorunError(f"budget.batch_size={cfg.budget.batch_size} is smaller than the {world} ranks: every rank "
+                             f"needs examples; raise budget.batch_size to at least {world}")
 
     def log_paths(self) -> List[Path]:
         """The per-step logs this run appends to; a checkpoint records their sizes."""
@@ -117,7 +148,7 @@ class Run:
         """The model as the run starts from it, its trainable blocks, the sampler and the estimator."""
         cfg = self.cfg
         self.model = load_model(cfg.model, cfg.seed)
-        self.device = next(self.model.parameters()).device
+        self.device = input_device(self.model)  # where batches go: the first device of a placed model
         self.clock.sync_cuda = self.device.type == "cuda"
         self.space = ParamSpace.from_model(self.model)
         log.info(kernels.select(cfg.kernels, self.space))
@@ -145,15 +176,20 @@ class Run:
                  "rng": rng_state(), "run": self.run_state()}
         try:
             with self.clock("checkpoint"):
-                meta = {"config": self.comparable_config(), "logs": log_sizes(self.log_paths())}
-                path = self.checkpoints.save(self.step, self.space, meta, state)
+                if self.dp.is_main:
+                    meta = {"config": self.comparable_config(), "logs": log_sizes(self.log_paths())}
+                    path = self.checkpoints.save(self.step, self.space, meta, state)
+                else:  # identical parameters: this rank checks what rank 0 checks, and stops where it stops
+                    check_savable(self.step, self.space, state)
+                    path = None
         except NonFiniteError as err:
             last = self.checkpoints.steps()
             self.fail("diverged", f"{err}: an update overflowed; lower estimator.lr (last finite checkpoint: "
                                   f"{last[-1][1] if last else 'none'})")
             return False
         self.saved_step = self.step
-        log.info("checkpoint %s", path)
+        if path is not None:
+            log.info("checkpoint %s", path)
         return True
 
     def resume(self, ckpt: Checkpoint) -> None:
@@ -196,22 +232,28 @@ class Run:
         and update passes, and only when a step goes wrong.
         """
         latest = self.checkpoints.latest()
+        sampler = self.sampler if self.sampler.replays_state else None  # its state is replayed too
         with self.clock("checkpoint"):
             if latest is not None:
                 latest.load_params(self.space)
-                self.estimator.load_state_dict(latest.load_state()["estimator"])
+                state = latest.load_state()
+                self.estimator.load_state_dict(state["estimator"])
             else:
                 self.load_base_params()
                 self.estimator = build_estimator(self.cfg, self.space)
+                state = {"sampler": build_sampler(self.cfg, self.space, self.cfg.seed).state_dict()} if sampler else {}
+            if sampler is not None:
+                sampler.load_state_dict(state["sampler"])
             _, records = read(self.trajectory.path)
-        replay(self.estimator, records, len(self.space), latest.step if latest else 0, step, self.clock)
+        replay(self.estimator, records, len(self.space), latest.step if latest else 0, step, self.clock, sampler)
 
     def load_base_params(self) -> None:
         """The trainable tensors of the model as loaded at the start (pretrained weights are read on the CPU;
         a random init is redrawn on the run's device, whose generator made it)."""
         cfg = self.cfg.model.copy()
-        if str(getattr(cfg.init, "value", cfg.init)) == "pretrained":
-            cfg.device = "cpu"
+        if str(getattr(cfg.init, "value", cfg.init)) == "pretrained" or cfg.get("device_map"):
+            cfg.device = "cpu"  # a placed random-init model was drawn on the CPU, too
+        cfg.device_map = None
         cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         with torch.random.fork_rng(devices=cuda):  # load_model seeds the global generators
             base = ParamSpace.from_model(load_model(cfg, self.cfg.seed))
@@ -268,23 +310,35 @@ class Run:
         differentiable=True (first-order estimators): the forward keeps its
         autograd graph and returns the loss tensor, for one backward pass.
         """
-        task = task or self.task
-        as_cls = task.type == "classification" and task.train_as_classification
-        enc = encode(self.tokenizer, batch, self.cfg.model.max_length, gold_only=not as_cls).to(self.device)
-        fn = classification_loss if as_cls else lm_loss
+        forward, weight = self.local_forward(batch, task)
 
         if differentiable:
             def loss_with_grad() -> torch.Tensor:
                 with torch.enable_grad():
-                    return fn(self.model, enc)
+                    return forward()
 
             return loss_with_grad
 
         @torch.no_grad()
         def loss() -> float:
-            return float(fn(self.model, enc))
+            return self.dp.mean(float(forward()), weight)  # data-parallel: the global batch's mean
 
         return loss
+
+    def local_forward(self, batch: List[Example], task: Optional[Task] = None):
+        """(one forward on this rank's share of the batch -> the loss tensor, what that loss averages over).
+
+        The weight is the number of examples for the classification loss and of
+        answer tokens for the LM loss, so that weighted slice means combine into
+        exactly the full batch's mean.
+        """
+        task = task or self.task
+        as_cls = task.type == "classification" and task.train_as_classification
+        local = self.dp.shard(batch) if self.dp.enabled else batch
+        enc = encode(self.tokenizer, local, self.cfg.model.max_length, gold_only=not as_cls).to(self.device)
+        fn = classification_loss if as_cls else lm_loss
+        weight = enc.num_examples if as_cls else int(enc.answer_mask[:, 1:].sum())
+        return (lambda: fn(self.model, enc)), weight
 
     # --------------------------------------------------------------- evaluate
     def evaluate(self, split: str) -> Dict[str, float]:
@@ -319,7 +373,7 @@ class Run:
         batches = self.batches(self.batches_done)
         self.console.start(budget.steps, f"{cfg.estimator.name}/{cfg.sampler.name}")
         try:
-            while self.step < budget.steps and self.signals.received is None:
+            while self.step < budget.steps and not self.dp.any(self.signals.received is not None):
                 lr = schedule(self.step)
                 proceed, result = self.train_step(next(batches), lr)
                 self.console.advance(result.loss)
@@ -329,13 +383,13 @@ class Run:
                     break
                 if budget.eval_every and self.step % budget.eval_every == 0 and self.step < budget.steps:
                     dev = self.evaluate("dev")
-                    record = {"step": self.step, "dev": dev, "wall_s": self.wall_s()}
+                    record = {"step": self.step, "dev": dev, "wall_s": self.wall_s(), "train_s": self.train_s()}
                     if self.select(dev):
                         record["test"] = self.best["test"]
                     self.write_record(record)
                 if budget.checkpoint_every and self.step % budget.checkpoint_every == 0 and not self.save_checkpoint():
                     break
-                if budget.time_limit_s and self.wall_s() >= budget.time_limit_s:
+                if budget.time_limit_s and self.dp.any(self.wall_s() >= budget.time_limit_s):
                     log.info("budget.time_limit_s=%s reached at step %d", budget.time_limit_s, self.step)
                     break
         finally:
@@ -354,6 +408,8 @@ class Run:
         self.select(self.results["dev"], self.results["test"])
         if self.status == "running":
             self.status = "completed"
+            if self.dp.is_main:
+                save_adapter(self.model, self.out_dir)  # a peft model's adapter: PeftModel.from_pretrained loads it
 
     def train_step(self, batch: List[Example], lr: float):
         """One step on one batch: (whether to go on, the estimator's result). A non-finite loss is undone."""
@@ -361,7 +417,15 @@ class Run:
         loss_fn = RecordingLoss(self.make_loss(batch, differentiable=self.estimator.differentiable))
         with self.clock("sampler"):
             plan = self.sampler.plan(self.step)
+        if self.sampler.wants_gradient(self.step):
+            with self.clock("sampler"):  # a diagnostic of the sampler's, counted as its time
+                self.sampler.observe_gradient(self.true_gradient(batch))
+        forward_peak = self.forward_peak(batch) if self.memory is None else None
         result = self.estimator.step(plan, loss_fn, lr, self.clock)
+        if forward_peak is not None:
+            self.memory = {dev: {"step_peak_bytes": step, "forward_peak_bytes": forward_peak[dev],
+                                 "step_over_forward": step / forward_peak[dev] if forward_peak[dev] else None}
+                           for dev, step in peaks(self.devices()).items()}
         self.forward_passes += result.forward_passes
         self.backward_passes += result.backward_passes
         self.trajectory.step(self.step, plan, lr, loss_fn.values, result.grad, skip=not result.finite)
@@ -376,19 +440,51 @@ class Run:
         self.step += 1
         return proceed, result
 
+    def true_gradient(self, batch: List[Example]) -> List[torch.Tensor]:
+        """∇L of the batch at the current θ by one backward pass, per block (a diagnostic; costs activations)."""
+        loss = self.make_loss(batch, differentiable=True)()
+        tensors = [b.tensor for b in self.space.blocks]
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)  # a block the loss never reads: ∇ = 0
+        return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+
+    def devices(self) -> List[torch.device]:
+        return sorted({self.device} | {b.tensor.device for b in self.space.blocks}, key=str)
+
+    def forward_peak(self, batch: List[Example]) -> Dict[str, int]:
+        """Peak memory per device of one inference forward on this step's batch (this rank's share); the
+        peaks are then reset, so the step that follows is measured alone. Once per attempt (one extra forward)."""
+        forward, _ = self.local_forward(batch)
+        self.peak_before = peaks(self.devices())  # setup and the first evaluation: summary's peak_mem_bytes keeps them
+        reset_peaks(self.devices())
+        with torch.no_grad():
+            forward()
+        found = peaks(self.devices())
+        reset_peaks(self.devices())
+        return found
+
     def wall_s(self) -> float:
         return time.perf_counter() - self.start_time
+
+    def train_s(self) -> float:
+        """Seconds spent training so far: the wall-clock without set-up, evaluation and checkpoints.
+
+        Time-to-target comparisons (zorun-report --target) use it so that the
+        evaluation schedule does not count as training time.
+        """
+        spent = sum(self.clock.totals[p] for p in ("setup", "eval", "checkpoint"))
+        return max(0.0, self.wall_s() - spent)
 
     def log_step(self, recent: List[float], lr: float, result) -> None:
         if not recent:
             return
         record = {"step": self.step, "loss": sum(recent) / len(recent), "lr": lr, "grad": result.grad,
-                  "wall_s": self.wall_s(), "forward_passes": self.forward_passes}
+                  "wall_s": self.wall_s(), "train_s": self.train_s(), "forward_passes": self.forward_passes}
         record.update(self.sampler.log_record())
         self.write_record(record)
 
     def write_record(self, record: Dict[str, Any]) -> None:
-        self.metrics.write(record)
+        if self.metrics is not None:  # rank 0 only
+            self.metrics.write(record)
         self.wandb.log(record)
 
     # ---------------------------------------------------------------- cleanup
@@ -418,10 +514,13 @@ class Run:
             "test": self.results["test"],
             "best": self.best,
             "wall_s": wall,
-            "peak_mem_bytes": peak_bytes(device),
+            "peak_mem_bytes": max(peak_bytes(device), self.peak_before.get(str(device), 0)),
+            "memory": self.memory,
+            "world_size": self.dp.world,
             "time_s": dict(self.clock.totals),
             "eval_examples_per_s": self.eval_examples / eval_s if eval_s > 0 else None,
-            "state_bytes": self.estimator.state_bytes if hasattr(self, "estimator") else 0,
+            "trainable_params": self.space.numel if hasattr(self, "space") else 0,
+            "state_bytes": (self.estimator.state_bytes + self.sampler.state_bytes) if hasattr(self, "estimator") else 0,
             "config_hash": config_hash(self.cfg),
         }
         if self.error:
@@ -431,15 +530,19 @@ class Run:
     def cleanup(self) -> Dict[str, Any]:
         try:
             summary = self.summary()
-            write_json_atomic(self.out_dir / "summary.json", summary)
+            if self.dp.is_main:
+                write_json_atomic(self.out_dir / "summary.json", summary)
             if self.metrics is not None:
                 self.metrics.close()
             if self.trajectory is not None:
                 self.trajectory.close()
+            if self.scratch is not None:
+                shutil.rmtree(self.scratch, ignore_errors=True)
             if getattr(self, "sampler", None) is not None:
                 self.sampler.close()
             self.wandb.summary(summary)
-            self.console.summary(summary, str(self.out_dir))
+            if self.dp.is_main:
+                self.console.summary(summary, str(self.out_dir))
         finally:
             self.wandb.finish(exit_code=0 if self.status == "completed" else 1)
         return summary
@@ -487,6 +590,7 @@ def execute(cfg: DictConfig) -> Dict[str, Any]:
             run.cleanup()
             raise
         summary = run.cleanup()
+        run.dp.close()
     if summary["status"] == "diverged":
         print(f"zorun: error: {summary['error']}", file=sys.stderr)
         exit_code = 3

@@ -11,7 +11,9 @@ forward pass. ``trajectory.jsonl`` starts with a header line; then per step
     {"step": 12, "seed": 4242..., "lr": 0.001, "losses": [0.69, 0.70], "grad": -4.9}
 
 plus "blocks" when not every block is active and any other Plan field that is
-set, with its dtype (e.g. "weight": {"float32": [...]}). Runs are packed: a
+set, with its dtype (e.g. "weight": {"float32": [...]}). A Plan's mean is the
+sampler's state, not logged: the line says ``"mean": "sampler"`` and a replay
+rebuilds it with the sampler (:attr:`zorun.samplers.base.Sampler.replays_state`). Runs are packed: a
 layer's consecutive block ids as {"ranges": [[first, count], ...]}, repeated
 values (one IPW weight per layer) as {"runs": [[value, count], ...]}, so an
 AdaLeZO step costs a few numbers per active layer, not per tensor. A step
@@ -34,6 +36,7 @@ from zorun.plan import Plan
 
 NAME = "trajectory.jsonl"
 FORMAT = 1
+SAMPLER_STATE = "sampler"  # the value logged for a Plan field that the sampler holds (LDSD's mean)
 
 
 class ReplayError(ZorunError):
@@ -54,6 +57,9 @@ def encode_plan(plan: Plan, num_blocks: int) -> Dict[str, Any]:
     for f in dataclasses.fields(plan):
         value = getattr(plan, f.name)
         if f.name == "seed" or value is None:
+            continue
+        if f.name == "mean":
+            record["mean"] = SAMPLER_STATE
             continue
         if f.name == "blocks" and value.numel() == num_blocks and torch.equal(value.cpu(), torch.arange(num_blocks)):
             continue  # every block: the common case stays one short line
@@ -90,7 +96,7 @@ def decode_plan(record: Dict[str, Any], num_blocks: int) -> Plan:
     names = {f.name for f in dataclasses.fields(Plan)}
     kwargs: Dict[str, Any] = {"blocks": torch.arange(num_blocks)}
     for key, value in record.items():
-        if key not in names:
+        if key not in names or value == SAMPLER_STATE:
             continue
         if isinstance(value, dict) and len(value) == 1:
             (dtype, data), = value.items()

@@ -10,6 +10,10 @@ loop lives here once: per query j with the Plan's seed for j,
 
 and the subclass's :meth:`ZOEstimator.apply` undoes the perturbation
 (restore = +ε, or −ε one-sided) fused with its share of the update.
+A Plan with K candidates (sampler=ldsd) is first searched: per candidate i,
+θ += εd_i; f_i = L(θ); θ −= εd_i; then the two-sided probe above runs along
+the best one, d_{i*} with i* = argmin f_i (K + 2 forward passes). The logged
+losses hold the f_i, so a replay picks the same candidate.
 No estimator keeps an RNG: every random draw is keyed by the Plan's seed,
 so a state_dict plus the sampler's state reproduces a run exactly.
 """
@@ -47,6 +51,7 @@ class Estimator:
     name = "base"
     passes_per_step = 2
     differentiable = False  # True: the run hands step() a loss that returns a tensor with autograd history
+    kernel_directions = False  # True: probes along the kernels' Plan directions (mean, candidates included)
 
     def __init__(self, cfg: DictConfig, space: ParamSpace):
         self.cfg = cfg
@@ -96,6 +101,7 @@ class ZOEstimator(Estimator):
 
     max_queries: Optional[int] = None  # None: any q; 1: the update needs the whole averaged estimate at once
     q_reason = ""
+    kernel_directions = True
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
@@ -125,10 +131,32 @@ class ZOEstimator(Estimator):
         """θ += restore·(direction) fused with query `query`'s share of the update for projected gradient g."""
         raise NotImplementedError
 
+    def search(self, plan: Plan, loss: LossFn, clock: Clock):
+        """One-sided losses f_i of the Plan's K candidates, each restored at once; (f, i*) with i* = argmin f."""
+        eps, found = self.cfg.eps, []
+        for candidate in plan.candidate_plans():
+            with clock("perturb"):
+                self.perturb(candidate, eps)
+            with clock("forward"):
+                found.append(loss())
+            with clock("perturb"):
+                self.restore(candidate, -eps)
+            if not math.isfinite(found[-1]):
+                break
+        return found, min(range(len(found)), key=found.__getitem__)
+
     def step(self, plan: Plan, loss: LossFn, lr: float, clock: Clock) -> StepResult:
         eps, q, one_sided = self.cfg.eps, self.cfg.q, self.cfg.one_sided
-        self.begin(plan)
         passes, grads, losses = 0, [], []
+        searched: Dict[str, Any] = {}
+        if plan.candidates:
+            found, best = self.search(plan, loss, clock)
+            passes += len(found)
+            if not all(math.isfinite(f) for f in found):
+                return StepResult(float("nan"), float("nan"), passes, finite=False)
+            plan = plan.candidate(best)
+            searched = {"candidate_losses": found, "chosen": best}
+        self.begin(plan)
         base = lp = lm = float("nan")
         if one_sided:
             with clock("forward"):
@@ -162,4 +190,4 @@ class ZOEstimator(Estimator):
             losses.append(base if one_sided else (lp + lm) / 2)
         self.steps += 1
         return StepResult(sum(losses) / q, sum(grads) / q, passes,
-                          extras={"loss_plus": lp, "loss_minus": lm, "grads": grads})
+                          extras={"loss_plus": lp, "loss_minus": lm, "grads": grads, **searched})

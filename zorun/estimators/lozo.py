@@ -78,6 +78,7 @@ def lowrank_update_(theta: torch.Tensor, a: torch.Tensor, v: torch.Tensor, keep:
 
 class LOZO(ZOEstimator):
     name = "lozo"
+    kernel_directions = False  # U·Vᵀ directions of its own: a Plan's mean and candidates mean nothing here
 
     def __init__(self, cfg, space):
         super().__init__(cfg, space)

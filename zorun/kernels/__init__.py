@@ -9,6 +9,11 @@ from (plan.seed, b, element) and regenerated, never stored:
     update_adam_:      θ_b ← k_b·(θ_b + r·s_b·z_b);  ĝ = g·w_b·s_b·z_b;
                        m_b ← β1·m_b + (1−β1)·ĝ;  v_b ← β2·v_b + (1−β2)·ĝ²;
                        θ_b −= η·(m_b/(1−β1^t)) / (sqrt(v_b/(1−β2^t)) + ε_adam)
+    accumulate_:       into_b += c·w_b·s_b·z_b   (θ untouched)
+
+When the Plan carries a mean μ_b (LDSD's policy mean), every s_b·z_b above
+except accumulate_'s stands for the whole direction μ_b + s_b·z_b, fused into
+the same pass (no temporary of the direction).
 
 with k_b = 1 − decay when block b decays (ParamSpace's ``decay`` flag; the
 caller passes decay = η·λ), else 1. r (``restore``) undoes the last
@@ -27,15 +32,15 @@ from typing import Sequence, Tuple
 import torch
 
 from zorun.kernels.dispatch import BACKENDS, current, run, select
-from zorun.kernels.passes import ADAM, MOMENTUM, Pass, StepArg
+from zorun.kernels.passes import ACCUMULATE, ADAM, MOMENTUM, Pass, StepArg
 from zorun.params import ParamSpace
 from zorun.plan import Plan
 
-__all__ = ["perturb_", "update_", "update_momentum_", "update_adam_", "select", "current", "BACKENDS"]
+__all__ = ["perturb_", "update_", "update_momentum_", "update_adam_", "accumulate_", "select", "current", "BACKENDS"]
 
 
 def perturb_(space: ParamSpace, plan: Plan, alpha: float) -> None:
-    """θ_b += α·s_b·z_b for every active block."""
+    """θ_b += α·(s_b·z_b + μ_b) for every active block (μ_b = 0 without a mean)."""
     run(space, plan, restore=alpha, coef=0.0, decay=0.0)
 
 
@@ -60,3 +65,8 @@ def update_adam_(space: ParamSpace, plan: Plan, restore: float, grad: float, lr:
     run(space, plan, restore, grad, decay,
         Pass(mode=ADAM, lr=lr, beta1=betas[0], beta2=betas[1], adam_eps=eps, states=(m, v),
              stochastic=stochastic), step=step)
+
+
+def accumulate_(space: ParamSpace, plan: Plan, coef: float, into: Sequence[torch.Tensor]) -> None:
+    """into_b += coef·w_b·s_b·z_b for every active block; θ is neither read nor written."""
+    run(space, plan, 0.0, coef, 0.0, Pass(mode=ACCUMULATE, states=(into,)))

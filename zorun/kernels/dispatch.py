@@ -17,7 +17,7 @@ import torch
 
 from zorun.errors import ZorunError
 from zorun.kernels import reference
-from zorun.kernels.passes import Pass, StepArg, check_states, coefficients
+from zorun.kernels.passes import Pass, StepArg, check_states, coefficients, means_of
 from zorun.params import ParamSpace
 from zorun.plan import Plan
 
@@ -87,6 +87,7 @@ def run(space: ParamSpace, plan: Plan, restore: float, coef: float, decay: float
         return
     check_states(space, plan, p)
     coefs = coefficients(space, plan, restore, coef, decay, p, step)
+    mean = means_of(plan, p)
     groups: Dict[str, Tuple[List[int], List[List[float]]]] = {}
     for b, row in zip(plan.blocks.tolist(), coefs):
         blocks, rows = groups.setdefault(backend_for(space.blocks[b].tensor.device), ([], []))
@@ -94,4 +95,4 @@ def run(space: ParamSpace, plan: Plan, restore: float, coef: float, decay: float
         rows.append(row)
     for backend, (blocks, rows) in groups.items():
         module = reference if backend == "torch" else triton_module()
-        module.run_pass(space, plan.seed, blocks, rows, p)
+        module.run_pass(space, plan.seed, blocks, rows, p, mean)

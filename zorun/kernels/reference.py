@@ -12,11 +12,11 @@ The algebra of each pass is documented in :mod:`zorun.kernels.passes`.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from zorun.kernels.passes import ADAM, MOMENTUM, PLAIN, Pass
+from zorun.kernels.passes import ACCUMULATE, ADAM, MOMENTUM, PLAIN, Pass
 from zorun.params import ParamSpace
 from zorun.plan import mix_seed
 
@@ -79,12 +79,19 @@ def _stateful(states: List[torch.Tensor], start: int, size: int) -> List[torch.T
 
 
 @torch.no_grad()
-def run_pass(space: ParamSpace, seed: int, blocks: List[int], coefs: List[List[float]], p: Pass) -> None:
+def run_pass(space: ParamSpace, seed: int, blocks: List[int], coefs: List[List[float]], p: Pass,
+             mean: Optional[Sequence[Optional[torch.Tensor]]] = None) -> None:
     """Execute one pass (see :mod:`zorun.kernels.passes`) block by block, chunk by chunk."""
-    for b, (a, keep, c, bc1, bc2) in zip(blocks, coefs):
+    for b, (a, keep, c, bc1, bc2, am, cm) in zip(blocks, coefs):
         theta = space.blocks[b].tensor.data
+        if p.mode == ACCUMULATE:
+            target = p.states[0][b].view(-1)
+            for z, start in z_chunks(theta, seed, b):
+                target[start : start + z.numel()].add_(z, alpha=c)
+            continue
         flat = theta.view(-1)
         states = [st[b] for st in p.states]
+        mu = None if mean is None or mean[b] is None else mean[b].view(-1)
         sc = _scratch_for(theta.device)
         sixteen = theta.dtype != torch.float32
         if p.stochastic and sixteen:
@@ -93,19 +100,28 @@ def run_pass(space: ParamSpace, seed: int, blocks: List[int], coefs: List[List[f
             size = z.numel()
             view = flat[start : start + size]
             x = sc.x[:size].copy_(view) if sixteen else view
+            m_chunk = None if mu is None else mu[start : start + size]
             if a != 0.0:
                 x.add_(z, alpha=a)
+            if m_chunk is not None and am != 0.0:
+                x.add_(m_chunk, alpha=am)
             if keep != 1.0:
                 x.mul_(keep)
             if p.mode == PLAIN:
                 x.add_(z, alpha=-c)
+                if m_chunk is not None:
+                    x.add_(m_chunk, alpha=-cm)
             elif p.mode == MOMENTUM:
                 (buf,) = _stateful(states, start, size)
                 buf.mul_(p.momentum).add_(z, alpha=c)
+                if m_chunk is not None:
+                    buf.add_(m_chunk, alpha=cm)
                 x.add_(buf, alpha=-p.lr)
             elif p.mode == ADAM:
                 m, v = _stateful(states, start, size)
                 g = torch.mul(z, c, out=sc.tmp[:size])
+                if m_chunk is not None:
+                    g.add_(m_chunk, alpha=cm)
                 m.mul_(p.beta1).add_(g, alpha=1.0 - p.beta1)
                 v.mul_(p.beta2).addcmul_(g, g, value=1.0 - p.beta2)
                 denom = torch.div(v, bc2, out=sc.tmp[:size])

@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from zorun.errors import ZorunError
+from zorun.models import placement
+from zorun.models.adapters import wrap
 from zorun.models.tokenizer import build_tiny_tokenizer
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,10 @@ def _offline_hint(cfg: DictConfig, what: str, err: Exception) -> ZorunError:
 
 
 def load_model(cfg: DictConfig, seed: int) -> torch.nn.Module:
+    """The model on its device(s) (model.device, or model.device_map over the GPUs), with its adapter (model.peft)."""
     dtype = getattr(torch, cfg.dtype.value if hasattr(cfg.dtype, "value") else str(cfg.dtype))
-    device = resolve_device(cfg.device)
+    device_map = placement.device_map(cfg)
+    device = torch.device("cpu") if device_map else resolve_device(cfg.device)
     if dtype != torch.float32 and device.type == "cpu":
         log.warning("model.dtype=%s on CPU: supported, but slow and not what the GPU kernels run", cfg.dtype)
     if str(cfg.init.value if hasattr(cfg.init, "value") else cfg.init) == "random":
@@ -62,10 +66,15 @@ def load_model(cfg: DictConfig, seed: int) -> torch.nn.Module:
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(_source(cfg), dtype=dtype,
-                                                         trust_remote_code=cfg.trust_remote_code).to(device)
+            model = AutoModelForCausalLM.from_pretrained(_source(cfg), dtype=dtype, device_map=device_map,
+                                                         trust_remote_code=cfg.trust_remote_code)
         except (OSError, ValueError) as err:
             raise _offline_hint(cfg, "weights", err) from err
+        if not device_map:
+            model = model.to(device)
+    if device_map and str(getattr(cfg.init, "value", cfg.init)) == "random":
+        model = placement.dispatch(model, device_map, dtype)
+    model = wrap(model, cfg, seed)
     model.eval()  # ZO probes are deterministic forwards: no dropout (as MeZO)
     return model
 

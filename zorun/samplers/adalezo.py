@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -30,7 +29,6 @@ from zorun.estimators.base import StepResult
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed
 from zorun.samplers.base import Sampler
-from zorun.tracking import MetricsWriter
 
 LOG_NAME = "adalezo.jsonl"
 WARM_FRACTION = 0.4  # warm_start favours the deepest 40% of layers (as the authors' code)
@@ -70,6 +68,7 @@ class Draw:
 
 class AdaLeZOSampler(Sampler):
     name = "adalezo"
+    log_name = LOG_NAME
 
     def __init__(self, cfg, space: ParamSpace, seed: int):
         super().__init__(cfg, space, seed)
@@ -88,7 +87,6 @@ class AdaLeZOSampler(Sampler):
                                         dtype=torch.float64)
         self.draw: Optional[Draw] = None
         self.step = -1
-        self.log: Optional[MetricsWriter] = None
 
     # ---------------------------------------------------------------- policy
     def probabilities(self) -> torch.Tensor:
@@ -147,13 +145,6 @@ class AdaLeZOSampler(Sampler):
         return {"active_layers": int(active.numel()),
                 "active_numel_frac": float(self.layer_numel[active].sum() / self.layer_numel.sum())}
 
-    def open_log(self, out_dir: Path) -> None:
-        self.log = MetricsWriter(Path(out_dir) / LOG_NAME)
-
-    def close(self) -> None:
-        if self.log is not None:
-            self.log.close()
-            self.log = None
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -37,7 +36,6 @@ from zorun.estimators.base import StepResult
 from zorun.params import _EMBED_RE, ParamSpace
 from zorun.plan import Plan
 from zorun.samplers.base import Sampler
-from zorun.tracking import MetricsWriter
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +128,7 @@ def normalisation(sigma: torch.Tensor, sizes: torch.Tensor) -> float:
 
 class PertNNSampler(Sampler):
     name = "pertnn"
+    log_name = LOG_NAME
 
     def __init__(self, cfg, space: ParamSpace, seed: int):
         super().__init__(cfg, space, seed)
@@ -149,7 +148,6 @@ class PertNNSampler(Sampler):
         self.sigma = torch.ones(n)  # σ_{t−1}
         self.step = -1
         self.factor = 1.0
-        self.log: Optional[MetricsWriter] = None
 
     # ------------------------------------------------------------- the maths
     def features(self, losses: torch.Tensor, sigma_prev: torch.Tensor) -> torch.Tensor:
@@ -190,13 +188,6 @@ class PertNNSampler(Sampler):
         return {"scale_min": float(s.min()), "scale_mean": float(s.mean()), "scale_max": float(s.max()),
                 "norm_factor": self.factor}
 
-    def open_log(self, out_dir: Path) -> None:
-        self.log = MetricsWriter(Path(out_dir) / LOG_NAME)
-
-    def close(self) -> None:
-        if self.log is not None:
-            self.log.close()
-            self.log = None
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
