@@ -112,3 +112,13 @@ def test_a_missing_checkpoint_is_one_line(tmp_path):
         Run(cfg, str(tmp_path / "run")).setup()
     assert str(err.value) == (f"sampler.checkpoint={missing} does not exist; meta-train networks with zorun-metatrain, "
                               f"import released ones with zorun-pertnn import, or set the path")
+
+
+@pytest.mark.parametrize("estimator", ["mezo", "zo-sgd-momentum", "zo-sign", "zo-adam", "hizoo", "lozo", "lozo-m"])
+def test_pertnn_drives_every_zo_estimator(tmp_path, estimator):
+    """pertnn composes with every ZO estimator: a short run completes with the estimator's forward passes."""
+    ckpt = tiny_networks(tmp_path / "nets.safetensors")
+    run, summary = run_here(tmp_path / "run", "sampler=pertnn", f"sampler.checkpoint={ckpt}",
+                            f"estimator={estimator}", "budget.steps=4", "budget.checkpoint_every=0")
+    assert summary["status"] == "completed" and summary["steps"] == 4, summary.get("error")
+    assert summary["forward_passes"] == 4 * run.estimator.passes_per_step

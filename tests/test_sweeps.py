@@ -12,17 +12,13 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.config_store import ConfigStore
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
-from zorun.cli import CONF_DIR, job_overrides, one_line, preflight
+from zorun.cli import CONF_DIR, job_overrides, preflight
 from zorun.multirun import safe_dirname, sweeps_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(sweeps_dir().glob("*.yaml"))
-PENDING = sorted((sweeps_dir() / "pending").glob("*.yaml"))
 
 
 def header(path: Path, field: str) -> str:
@@ -35,7 +31,7 @@ def header_jobs(path: Path) -> int:
     return int(re.match(r"\d+", header(path, "Jobs")).group())
 
 
-@pytest.mark.parametrize("path", SHIPPED + PENDING, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_every_sweep_file_has_its_header(path):
     text = path.read_text()
     assert text.startswith("# @package _global_\n")
@@ -47,32 +43,6 @@ def test_every_sweep_file_has_its_header(path):
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_shipped_sweep_composes_every_job_and_counts_them(path):
     assert preflight([f"+sweep={path.stem}"], multirun=True) == header_jobs(path)
-
-
-@pytest.mark.parametrize("path", PENDING, ids=lambda p: p.stem)
-def test_pending_sweep_counts_and_fails_only_on_its_pending_parts(path):
-    """Grids whose parts other branches are building: the count holds, and composition
-    fails only on a declared pending part (move the file to sweeps/ once it composes)."""
-    params = OmegaConf.load(path).hydra.sweeper.params
-    parser = OverridesParser.create()
-    batches = BasicSweeper.split_arguments(parser.parse_overrides([f"{k}={v}" for k, v in params.items()]), None)
-    jobs = [job for batch in batches for job in batch]
-    assert len(jobs) == header_jobs(path)
-    tokens = [part.split()[0] for part in header(path, "Pending").split(";")]
-    tokens = [t.split("=", 1)[1] if "=" in t else t for t in tokens]
-    ConfigStore.instance().store(group="sweep", name=f"pending-{path.stem}", node=OmegaConf.load(path),
-                                 package="_global_")
-    failures = 0
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        for job in jobs:
-            try:
-                compose("config", overrides=[f"+sweep=pending-{path.stem}", *job])
-            except Exception as err:  # noqa: BLE001 - any composition error; its message is checked
-                failures += 1
-                message = one_line(err)
-                assert any(t in message for t in tokens), f"{path.name} fails on an undeclared part: {message}"
-    if not failures:
-        pytest.fail(f"{path.name} now composes: move it to sweeps/ (and extend tests)")
 
 
 def test_unknown_sweep_is_one_line_listing_the_sweeps():
