@@ -91,16 +91,28 @@ def start_cli(run_dir: Path, *overrides: str) -> subprocess.Popen:
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_steps(proc: subprocess.Popen, run_dir: Path, steps: int, timeout: float = 120.0) -> None:
+def steps_logged(run_dir: Path) -> int:
     log = run_dir / "trajectory.jsonl"
+    return log.read_text().count("\n") - 1 if log.exists() else -1  # header + one line per step
+
+
+def signal_at_steps(procs: dict, cases: dict, root: Path, timeout: float = 120.0) -> None:
+    """Send each run its signal as soon as it has logged its step count, polling all runs at once
+    (waiting for them one after another would let a fast run finish before its turn)."""
+    pending = set(procs)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists() and log.read_text().count("\n") > steps:  # header + steps
-            return
-        assert proc.poll() is None, f"the run ended before step {steps}: {proc.stderr.read()}"
-        time.sleep(0.01)
-    proc.kill()
-    raise AssertionError(f"no step {steps} within {timeout} s")
+    while pending and time.monotonic() < deadline:
+        for name in sorted(pending):
+            _, sig, at = cases[name]
+            if steps_logged(root / name) >= at:
+                procs[name].send_signal(sig)
+                pending.discard(name)
+            else:
+                assert procs[name].poll() is None, f"{name} ended before step {at}: {procs[name].stderr.read()}"
+        time.sleep(0.005)
+    for name in pending:
+        procs[name].kill()
+    assert not pending, f"no step {[cases[n][2] for n in pending]} within {timeout} s for {sorted(pending)}"
 
 
 LONG = ["budget.steps=50", "budget.checkpoint_every=10"]
@@ -112,9 +124,7 @@ def test_sigterm_and_sigkill_then_resume_equal_an_uninterrupted_run(tmp_path):
     cases = {"term": (LONG, signal.SIGTERM, 8), "term-adam": (LONG + ADAM_ADALEZO, signal.SIGTERM, 8),
              "kill": (LONG, signal.SIGKILL, 15)}
     procs = {name: start_cli(tmp_path / name, *overrides) for name, (overrides, _, _) in cases.items()}
-    for name, (_, sig, at) in cases.items():
-        wait_for_steps(procs[name], tmp_path / name, at)
-        procs[name].send_signal(sig)
+    signal_at_steps(procs, cases, tmp_path)
     errors = {name: proc.communicate(timeout=120)[1] for name, proc in procs.items()}
 
     resumed_at = {}
@@ -128,7 +138,7 @@ def test_sigterm_and_sigkill_then_resume_equal_an_uninterrupted_run(tmp_path):
 
     assert procs["kill"].returncode == -signal.SIGKILL
     saved = [step for step, _ in Checkpoints(tmp_path / "kill" / "checkpoints", 1).steps()]
-    killed_at = (tmp_path / "kill" / "trajectory.jsonl").read_text().count("\n") - 1
+    killed_at = steps_logged(tmp_path / "kill")
     assert saved and saved[-1] % 10 == 0 and saved[-1] <= killed_at < 50
     resumed_at["kill"] = saved[-1]
 
