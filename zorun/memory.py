@@ -130,8 +130,7 @@ def compare(overrides: List[str], methods: List[str] = ("",)) -> Dict[str, Dict[
 
 def compare_metatrain(overrides: List[str]) -> Dict[str, Dict[str, float]]:
     """The first-order teacher step alone and a whole meta-training iteration, each in its own process."""
-    out = {mode: _measure_in_subprocess(mode, overrides) for mode in ("teacher", "metatrain")}
-    return out
+    return {mode: _measure_in_subprocess(mode, overrides) for mode in ("teacher", "metatrain")}
 
 
 if __name__ == "__main__":
