@@ -40,7 +40,3 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
                                      decoders.ByteFallback(), decoders.Fuse()])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
                                    eos_token="</s>", unk_token="<unk>")
-
-
-def tiny_vocab_size() -> int:
-    return len(_pieces())
