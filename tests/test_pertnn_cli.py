@@ -16,8 +16,9 @@ from zorun.cli import preflight
 from zorun.config import ConfigError
 from zorun.models import load_model
 from zorun.params import ParamSpace
+from zorun.errors import ZorunError
 from zorun.samplers.pertnn import BlockNets
-from zorun.samplers.pertnn_io import save
+from zorun.samplers.pertnn_io import locate, read, save
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["task.num_train=32", "task.num_dev=8", "task.num_test=8"]
@@ -57,14 +58,19 @@ def test_metatrain_round_robin_then_the_networks_drive_a_zo_run(tmp_path):
     assert all(0 < r["scale_min"] <= r["scale_mean"] <= r["scale_max"] and r["norm_factor"] > 0 for r in logged)
 
 
-def tiny_networks(path: Path) -> Path:
+def tiny_space() -> ParamSpace:
+    """The trainable blocks of the default model (tiny, seed 0)."""
     from hydra import compose, initialize_config_dir
 
     from zorun.cli import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config")
-    space = ParamSpace.from_model(load_model(cfg.model, 0))
+    return ParamSpace.from_model(load_model(cfg.model, 0))
+
+
+def tiny_networks(path: Path) -> Path:
+    space = tiny_space()
     nets = BlockNets(len(space), generator=torch.Generator().manual_seed(0))
     return save(path, nets, [b.name for b in space.blocks], [list(b.tensor.shape) for b in space.blocks],
                 base_model="tiny", source="test")
@@ -112,6 +118,27 @@ def test_a_missing_checkpoint_is_one_line(tmp_path):
         Run(cfg, str(tmp_path / "run")).setup()
     assert str(err.value) == (f"sampler.checkpoint={missing} does not exist; meta-train networks with zorun-metatrain, "
                               f"import released ones with zorun-pertnn import, or set the path")
+
+
+def test_a_missing_checkpoint_is_refused_before_the_model_loads(tmp_path):
+    with pytest.raises(ZorunError, match=f"sampler.checkpoint={tmp_path}/none.safetensors does not exist"):
+        preflight(["sampler=pertnn", f"sampler.checkpoint={tmp_path}/none.safetensors"], multirun=False)
+
+
+def test_the_default_model_runs_on_the_shipped_networks_unless_the_working_directory_has_its_own(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = locate("pertnn/tiny.safetensors")
+    assert shipped == ROOT / "zorun" / "networks" / "tiny.safetensors"
+    meta, _ = read(shipped)  # the networks of the documented transfer experiment (docs/pertnn.md)
+    assert meta["base_model"] == "tiny" and meta["source"] == "metatrain"
+    assert [b["name"] for b in meta["blocks"]] == [b.name for b in tiny_space().blocks]
+    assert preflight(["sampler=pertnn"], multirun=False) == 1
+    assert locate("pertnn/opt-30b.safetensors") == Path("pertnn/opt-30b.safetensors")  # none shipped: as given
+    with pytest.raises(ZorunError, match="sampler.checkpoint=pertnn/opt-30b.safetensors does not exist"):
+        preflight(["sampler=pertnn", "model=opt-30b"], multirun=False)
+    own = tiny_networks(tmp_path / "pertnn" / "tiny.safetensors")
+    assert locate("pertnn/tiny.safetensors") == Path("pertnn/tiny.safetensors") and own.is_file()
 
 
 @pytest.mark.parametrize("estimator", ["mezo", "zo-sgd-momentum", "zo-sign", "zo-adam", "hizoo", "lozo", "lozo-m"])

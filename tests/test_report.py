@@ -129,6 +129,24 @@ def test_cli_prints_the_table_and_writes_files_plots_and_failures(sweep, monkeyp
     assert len(list(out.glob("adalezo_*.png"))) == 2
 
 
+def test_incompatible_jobs_are_na_cells_not_failures(sweep, capsys, monkeypatch):
+    reason = "sampler=ldsd needs an estimator that probes along the kernels' Gaussian directions"
+    for seed in (0, 1):
+        make_job(sweep, f"estimator=hizoo,sampler=ldsd,seed={seed}", ["estimator.name=hizoo", f"seed={seed}"],
+                 {"status": "incompatible", "error": reason, "seed": seed}, sampler="ldsd")
+    report = build_report(sweep)
+    assert "hizoo+ldsd" in report.methods and "hizoo+ldsd" not in report.cells[("tiny", "synthetic")]
+    assert all(job.status != "incompatible" for job in report.failed) and len(report.failed) == 2
+    md = report.markdown()
+    row = next(line for line in md.splitlines() if line.startswith("| tiny |"))
+    header = next(line for line in md.splitlines() if line.startswith("| model |"))
+    assert dict(zip(header.split(" | "), row.split(" | ")))["hizoo+ldsd"] == "n/a"
+    assert f"## Not run: incompatible combinations (n/a)\n\n- hizoo+ldsd: {reason}\n" in md
+    monkeypatch.setenv("COLUMNS", "200")
+    report.print()
+    assert f"n/a hizoo+ldsd: {reason}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("make", [lambda p: p / "nope", lambda p: p], ids=["missing", "empty"])
 def test_bad_directory_is_one_line_and_exit_2(tmp_path, capsys, make):
     with pytest.raises(SystemExit) as exit_info:

@@ -15,7 +15,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from zorun.cli import CONF_DIR, job_overrides, preflight
+from zorun.config import ConfigError
 from zorun.multirun import safe_dirname, sweeps_dir
+from zorun.samplers.pertnn_io import PertNNCheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(sweeps_dir().glob("*.yaml"))
@@ -41,8 +43,28 @@ def test_every_sweep_file_has_its_header(path):
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_shipped_sweep_composes_every_job_and_counts_them(path):
+def test_shipped_sweep_composes_every_job_and_counts_them(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths (pertnn/<model>.safetensors, outputs/) resolve here
+    if path.stem == "pertnn":  # the paper's models have no shipped networks: refused in one line until given
+        with pytest.raises(PertNNCheckpointError, match=r"sampler.checkpoint=pertnn/\S+.safetensors does not exist"):
+            preflight([f"+sweep={path.stem}"], multirun=True)
+        for model in (REPO / "conf" / "model").glob("*.yaml"):
+            (tmp_path / "pertnn").mkdir(exist_ok=True)
+            (tmp_path / "pertnn" / f"{model.stem}.safetensors").touch()
     assert preflight([f"+sweep={path.stem}"], multirun=True) == header_jobs(path)
+
+
+def test_incompatible_pairs_refuse_a_grid_unless_skipped(capsys):
+    grid = ["sampler=uniform,ldsd", "estimator=mezo,hizoo", "budget=smoke"]
+    with pytest.raises(ConfigError, match="sampler=ldsd needs an estimator that probes along"):
+        preflight(grid, multirun=True)
+    assert preflight(grid + ["skip_incompatible=true"], multirun=True) == 4
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("zorun: 1 of 4 jobs not run (ldsd x hizoo): sampler=ldsd needs an estimator")
+    with pytest.raises(ConfigError, match="every job of the grid is incompatible"):
+        preflight(["sampler=ldsd", "estimator=hizoo,lozo", "skip_incompatible=true"], multirun=True)
+    with pytest.raises(ConfigError, match="sampler=ldsd needs"):  # a single run is never skipped
+        preflight(["sampler=ldsd", "estimator=hizoo", "skip_incompatible=true"], multirun=False)
 
 
 def test_unknown_sweep_is_one_line_listing_the_sweeps():
@@ -58,7 +80,7 @@ def test_adhoc_grid_with_sweeper_params_and_sweep_file_expand_alike():
         jobs = job_overrides(["+sweep=smoke", "seed=5,6,7"], True,
                              lambda o, return_hydra_config=False: compose("config", overrides=list(o),
                                                                           return_hydra_config=return_hydra_config))
-    assert len(jobs) == 2 * 7 * 3  # samplers x estimators from the file; the command line wins over its seed list, as in Hydra
+    assert len(jobs) == 4 * 7 * 3  # samplers x estimators from the file; the command line wins over its seed list, as in Hydra
 
 
 def test_submitit_launcher_composes():
@@ -108,11 +130,35 @@ def wandb_run_records(path: Path):
                 yield record.run
 
 
-def run_zorun(args, tmp_path):
+def run_zorun(args, tmp_path, cwd=REPO):
     env = dict(os.environ, WANDB_MODE="offline", WANDB_DIR=str(tmp_path / "wandb-home"),
                WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"), WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"))
-    return subprocess.run([sys.executable, "-m", "zorun", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "zorun", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_smoke_grid_runs_ldsd_and_pertnn_and_records_incompatible_pairs(tmp_path):
+    """The smoke grid's other two samplers: pertnn on the shipped tiny networks (run outside the
+    repository), and ldsd x hizoo recorded as n/a by skip_incompatible instead of refusing the grid."""
+    sweep = tmp_path / "smoke"
+    args = ["-m", "+sweep=smoke", f"hydra.sweep.dir={sweep}", "budget.steps=2", "logger=none",
+            "sampler=ldsd,pertnn", "estimator=mezo,hizoo", "seed=0"]
+    result = run_zorun(args, tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "zorun: 1 of 4 jobs not run (ldsd x hizoo): sampler=ldsd needs" in result.stderr
+    status = {p.parent.name: json.loads(p.read_text())["status"] for p in sweep.glob("*/summary.json")}
+    assert status == {"budget.steps=2,estimator=mezo,sampler=ldsd,seed=0": "completed",
+                      "budget.steps=2,estimator=hizoo,sampler=ldsd,seed=0": "incompatible",
+                      "budget.steps=2,estimator=mezo,sampler=pertnn,seed=0": "completed",
+                      "budget.steps=2,estimator=hizoo,sampler=pertnn,seed=0": "completed"}
+    log = (sweep / "budget.steps=2,estimator=mezo,sampler=pertnn,seed=0" / "cli.log").read_text()
+    assert f"pertnn: 20 networks from {REPO / 'zorun' / 'networks' / 'tiny.safetensors'}" in log
+    md = (sweep / "report" / "report.md").read_text()
+    header, _, row = [line for line in md.splitlines() if line.startswith("|")]
+    cells = dict(zip(header.split(" | "), row.split(" | ")))
+    assert cells["hizoo+ldsd"] == "n/a" and all(cells[m][0].isdigit() for m in ("mezo+ldsd", "hizoo+pertnn"))
+    assert "## Not run: incompatible combinations (n/a)" in md and "Failed jobs" not in md
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import hydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from zorun.config import ConfigError, register_configs, validate, validate_metatrain
 from zorun.errors import ZorunError
-from zorun.multirun import register_sweeps, sweeps_dir
+from zorun.multirun import incompatibility, register_sweeps, sweeps_dir
 from zorun.resume import expand_resume
 from zorun.safety import check_targets
 from zorun.tracking.files import check_writable
@@ -126,6 +126,7 @@ def preflight(overrides: List[str], multirun: bool, config_name: str = "config")
             return compose(config_name, overrides=list(ovr), return_hydra_config=return_hydra_config)
 
         jobs = job_overrides(overrides, multirun, _compose)
+        incompatible: Dict[str, List[str]] = {}
         for job in jobs:
             cfg = _compose(job, return_hydra_config=True)
             check_targets(cfg)  # before anything else: nothing but zorun.* is ever instantiated
@@ -133,10 +134,21 @@ def preflight(overrides: List[str], multirun: bool, config_name: str = "config")
             validate(cfg)
             if config_name == "metatrain":
                 validate_metatrain(cfg)
-            else:
-                from zorun.registry import check_combination
+                continue
+            reason = incompatibility(cfg)
+            if reason is not None and not (multirun and cfg.skip_incompatible):
+                raise ConfigError(reason)
+            if reason is not None:
+                incompatible.setdefault(reason, []).append(f"{cfg.sampler.name} x {cfg.estimator.name}")
+            elif cfg.sampler.name == "pertnn":
+                from zorun.samplers.pertnn_io import check_exists
 
-                check_combination(cfg)
+                check_exists(cfg.sampler.checkpoint)
+        if sum(map(len, incompatible.values())) == len(jobs) > 0:
+            raise ConfigError(f"every job of the grid is incompatible: {next(iter(incompatible))}")
+        for reason, pairs in incompatible.items():
+            print(f"zorun: {len(pairs)} of {len(jobs)} jobs not run ({', '.join(sorted(set(pairs)))}): {reason}",
+                  file=sys.stderr)
         check_writable(Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)))
     return len(jobs)
 
@@ -187,6 +199,7 @@ def usage() -> str:
         "",
         "root keys: seed (int, seeds z, data order and random init);",
         "           force (bool, multirun: re-run jobs that already completed with the same config);",
+        "           skip_incompatible (bool, multirun: record refused sampler x estimator pairs as n/a);",
         "           kernels (auto|triton|torch: the perturb/update backend, chosen at setup and logged);",
         "           resume=RUN_DIR (continue a run from its newest checkpoint; relaunching into the dir does too)",
         "replay:     zorun-replay RUN_DIR   (the fine-tuned parameters from the base model + trajectory.jsonl)",
@@ -204,9 +217,9 @@ def _hydra_argv_parser():
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> Optional[dict]:
-    from zorun.multirun import skip_if_completed
+    from zorun.multirun import record_if_incompatible, skip_if_completed
 
-    previous = skip_if_completed(cfg)  # before importing the run stack: resuming a grid is quick
+    previous = skip_if_completed(cfg) or record_if_incompatible(cfg)  # before importing the run stack
     if previous is not None:
         return previous
     from zorun.run import execute

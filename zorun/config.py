@@ -320,6 +320,9 @@ class RootConfig:
     budget: Any = None
     logger: Any = None
     force: bool = False  # multirun: re-run jobs even when a completed summary.json with the same config exists
+    # multirun: a job whose sampler/estimator combination is refused is recorded as
+    # incompatible (summary.json, the report's n/a cells) instead of refusing the grid
+    skip_incompatible: bool = False
     resume: Optional[str] = None  # a run directory to continue from its last checkpoint (zorun resume=DIR)
 
 

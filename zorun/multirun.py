@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 # Keys that change how a run is logged, not what it computes: not part of its identity.
-NOT_IDENTITY = ("hydra", "logger", "force", "resume")
+NOT_IDENTITY = ("hydra", "logger", "force", "skip_incompatible", "resume")
 MAX_DIRNAME = 200  # bytes; most file systems allow 255
 
 
@@ -84,6 +84,53 @@ def find_completed(sweep_dir: Path, digest: str) -> Optional[Path]:
     return None
 
 
+def _multirun_job() -> Any:
+    """Hydra's config of the running job when it is part of a multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return HydraConfig.get()
+
+
+def incompatibility(cfg: DictConfig) -> Optional[str]:
+    """Why this job's sampler/estimator combination is refused, or None when it can run."""
+    from zorun.config import ConfigError
+    from zorun.registry import check_combination
+
+    try:
+        check_combination(cfg)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+def record_if_incompatible(cfg: DictConfig) -> Optional[Dict[str, Any]]:
+    """With skip_incompatible=true in a multirun: a refused combination becomes a summary, not a failure.
+
+    The grid's cartesian product may pair methods that cannot run together
+    (sampler=ldsd with estimator=hizoo); such a job writes summary.json with
+    status "incompatible" and the reason, and the report shows its cell as n/a.
+    """
+    hydra_cfg = _multirun_job()
+    if hydra_cfg is None or not cfg.skip_incompatible:
+        return None
+    reason = incompatibility(cfg)
+    if reason is None:
+        return None
+    from zorun.tracking import write_json_atomic
+
+    summary = {"status": "incompatible", "error": reason, "model": cfg.model.name, "task": cfg.task.name,
+               "estimator": cfg.estimator.name, "sampler": cfg.sampler.name, "seed": int(cfg.seed),
+               "config_hash": config_hash(cfg)}
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "summary.json", summary)
+    log.info("not run: %s", reason)
+    return summary
+
+
 def skip_if_completed(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     """In a multirun, the summary of a completed job with the same config hash (the job is then skipped).
 
@@ -93,12 +140,9 @@ def skip_if_completed(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     without one (see :meth:`zorun.run.Run.setup`); force=true discards the
     attempt's checkpoints and logs, so the job starts over.
     """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    hydra_cfg = _multirun_job()
+    if hydra_cfg is None:
         return None
-    hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     found = None if cfg.force else find_completed(Path(str(hydra_cfg.sweep.dir)), config_hash(cfg))
     if found is None:

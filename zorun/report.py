@@ -30,7 +30,8 @@ from zorun.time_to_target import COLUMNS as TARGET_COLUMNS
 from zorun.time_to_target import Row, Target, time_to_target
 
 PRIMARY_METRICS = ("accuracy", "f1", "em")  # the first one a task reports is the table's metric
-HIDDEN_OVERRIDES = ("seed", "+sweep", "sweep", "force")
+HIDDEN_OVERRIDES = ("seed", "+sweep", "sweep", "force", "skip_incompatible")
+NOT_APPLICABLE = "incompatible"  # summary status of a job whose methods cannot run together (skip_incompatible)
 REPORT_DIR = "report"
 
 
@@ -108,7 +109,17 @@ class Report:
 
     @property
     def failed(self) -> List[Job]:
-        return [job for job in self.jobs if job.status != "completed"]
+        return [job for job in self.jobs if job.status not in ("completed", NOT_APPLICABLE)]
+
+    @property
+    def not_applicable(self) -> Dict[str, str]:
+        """method -> why it cannot run, for the grid's incompatible combinations."""
+        return {job.method: job.error for job in self.jobs if job.status == NOT_APPLICABLE}
+
+    def cell_text(self, row: Dict[str, "Cell"], method: str) -> str:
+        if method in row:
+            return row[method].text()
+        return "n/a" if method in self.not_applicable else "–"
 
     # ------------------------------------------------------------ aggregation
     def aggregate(self) -> None:
@@ -124,7 +135,7 @@ class Report:
             for cell in row.values():
                 cell.best = cell.mean == best and len(row) > 1
             self.cells[key] = row
-        found = {m for row in self.cells.values() for m in row}
+        found = {m for row in self.cells.values() for m in row} | set(self.not_applicable)
         first = [m for m in ("zero-shot", "icl") if m in found]
         self.methods = first + sorted(found - set(first))
         if self.target is not None:
@@ -164,7 +175,7 @@ class Report:
             lines.append("| model | task | " + " | ".join(self.methods) + " |")
             lines.append("|---|---|" + "---|" * len(self.methods))
             for (model, task), row in self.cells.items():
-                cells = [row[m].text().replace(" *", " **\\***") if m in row else "–" for m in self.methods]
+                cells = [self.cell_text(row, m).replace(" *", " **\\***") for m in self.methods]
                 lines.append(f"| {model} | {task} | " + " | ".join(cells) + " |")
         else:
             lines.append("No completed job reports a test metric.")
@@ -178,6 +189,9 @@ class Report:
         if self.failed:
             lines += ["", f"## Failed jobs ({len(self.failed)})", ""]
             lines += [f"- `{job.dir.name}`: {job.status}: {job.error}" for job in self.failed]
+        if self.not_applicable:
+            lines += ["", "## Not run: incompatible combinations (n/a)", ""]
+            lines += [f"- {method}: {reason}" for method, reason in sorted(self.not_applicable.items())]
         if self.plots:
             lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in self.plots]
         return "\n".join(lines) + "\n"
@@ -206,7 +220,7 @@ class Report:
         for method in self.methods:
             table.add_column(method, justify="right")
         for (model, task), row in self.cells.items():
-            cells = [(f"[bold green]{row[m].text()}[/]" if row[m].best else row[m].text()) if m in row else "–"
+            cells = [f"[bold green]{row[m].text()}[/]" if m in row and row[m].best else self.cell_text(row, m)
                      for m in self.methods]
             table.add_row(model, task, *cells)
         console.print(table)
@@ -220,6 +234,8 @@ class Report:
             console.print(target_table)
         for job in self.failed:
             console.print(f"[red]{job.status}[/] {job.dir.name}: {job.error}")
+        for method, reason in sorted(self.not_applicable.items()):
+            console.print(f"[dim]n/a[/] {method}: {reason}")
         console.print(f"report: {self.out_dir}/report.md, results.csv, jobs.csv, {len(self.plots)} plots")
 
 

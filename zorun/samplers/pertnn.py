@@ -137,7 +137,7 @@ class PertNNSampler(Sampler):
         n = len(space)
         if cfg.checkpoint:
             self.nets = pertnn_io.load_for_space(cfg.checkpoint, space, list(cfg.rename))
-            log.info("pertnn: %d networks from %s", n, cfg.checkpoint)
+            log.info("pertnn: %d networks from %s", n, pertnn_io.locate(cfg.checkpoint))
         else:
             self.nets = BlockNets(n, generator=torch.Generator().manual_seed(int(cfg.init_seed)))
         self.nets.requires_grad_(False)

@@ -47,6 +47,31 @@ class PertNNCheckpointError(ZorunError):
     """A networks file that cannot serve this model; the message is one line."""
 
 
+SHIPPED = Path(__file__).resolve().parent.parent / "networks"  # networks that ship with zorun (the default model's)
+
+
+def locate(path) -> Path:
+    """`path`, or, for a relative pertnn/NAME.safetensors absent from the working directory, zorun's own copy.
+
+    The default ``sampler.checkpoint`` is ``pertnn/${model.name}.safetensors``;
+    zorun ships networks for its default model (``zorun/networks/tiny.safetensors``,
+    meta-trained with ``zorun-metatrain``), so ``zorun sampler=pertnn`` runs out of
+    the box. A file in the working directory always wins.
+    """
+    path = Path(path)
+    shipped = SHIPPED / path.name
+    if not path.is_file() and not path.is_absolute() and path.parent == Path("pertnn") and shipped.is_file():
+        return shipped
+    return path
+
+
+def check_exists(path) -> None:
+    """One line naming the missing networks file and how to make it (pre-flight, before any model loads)."""
+    if not locate(path).is_file():
+        raise PertNNCheckpointError(f"sampler.checkpoint={path} does not exist; meta-train networks with "
+                                    f"zorun-metatrain, import released ones with zorun-pertnn import, or set the path")
+
+
 def save(path, nets: BlockNets, names: Sequence[str], shapes: Sequence[Optional[Sequence[int]]],
          base_model: str, source: str, normalize: bool = True, embed_tokens: int = 15) -> Path:
     meta = {"format": FORMAT, "version": VERSION, "base_model": base_model,
@@ -63,10 +88,8 @@ def save(path, nets: BlockNets, names: Sequence[str], shapes: Sequence[Optional[
 
 def read(path) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
     """(metadata, tensors) of a networks file; any problem is one line naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise PertNNCheckpointError(f"sampler.checkpoint={path} does not exist; meta-train networks with "
-                                    f"zorun-metatrain, import released ones with zorun-pertnn import, or set the path")
+    check_exists(path)
+    path = locate(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
             header = fh.metadata() or {}
