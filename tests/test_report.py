@@ -39,7 +39,7 @@ def make_job(root: Path, name: str, overrides, summary=None, sampler="uniform", 
     cfg = base_config().copy()
     for override in overrides:
         key, value = override.lstrip("+").split("=")
-        if key not in ("sampler", "sweep"):
+        if key.split(".")[0] not in ("sampler", "sweep"):
             OmegaConf.update(cfg, key, yaml.safe_load(value))
     cfg.sampler.name = sampler  # the report reads names only; adalezo's config lands on another branch
     OmegaConf.save(cfg, job / ".hydra" / "config.yaml")
@@ -196,6 +196,23 @@ def test_time_to_target_steps_seconds_and_speedup_over_the_base_estimator(tmp_pa
     loss_rows = build(root, target=Target.parse("train_loss=0.085")).target_rows  # loss = 1 − accuracy here
     assert {(r.method, r.reached) for r in loss_rows if r.setting.startswith("sampler")} == {
         ("mezo", 2), ("mezo+adalezo", 1)}
+
+
+def test_speedup_compares_a_sampler_with_the_base_run_of_the_same_setting(tmp_path):
+    """An lr grid: each adalezo setting is measured against uniform at the same lr, not any uniform row."""
+    from zorun.time_to_target import Target
+
+    root = tmp_path / "grid"
+    seconds = {("uniform", 1e-3): 2.0, ("uniform", 1e-4): 8.0, ("adalezo", 1e-3): 1.0, ("adalezo", 1e-4): 2.0}
+    for (sampler, lr), per_eval in seconds.items():
+        overrides = [f"estimator.lr={lr}", f"sampler={sampler}", "seed=0"]
+        if sampler == "adalezo":
+            overrides.append("sampler.k_ratio=0.5")  # the sampler's own options are not part of the match
+        make_job(root, f"lr={lr},sampler={sampler}", overrides, {**summary_for(0.9, 0.9, 0, sampler), "train_loss": 0.1},
+                 sampler=sampler, metrics=dev_curve([0.5, 0.95], per_eval))
+    rows = {r.setting: r for r in build_report(root, target=Target.parse("accuracy=0.9")).target_rows}
+    assert rows["estimator.lr=0.001 sampler=adalezo sampler.k_ratio=0.5"].speedup == pytest.approx(2.0)  # 4 s / 2 s
+    assert rows["estimator.lr=0.0001 sampler=adalezo sampler.k_ratio=0.5"].speedup == pytest.approx(4.0)  # 16 / 4
 
 
 @pytest.mark.parametrize("bad", ["accuracy", "accuracy=high", "=0.9", "loss=nan"])

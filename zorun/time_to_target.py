@@ -71,7 +71,7 @@ class Row:
     steps: Tuple[float, float]  # mean, std over the runs that reached the target
     train_s: Tuple[float, float]
     final_loss: Tuple[float, float]  # summary train_loss over all runs
-    speedup: Optional[float] = None  # base method's mean train_s / this row's (same model, task, estimator)
+    speedup: Optional[float] = None  # base method's mean train_s / this row's (same model, task, other overrides)
 
     def cells(self) -> List[str]:
         def pm(pair: Tuple[float, float], fmt: str) -> str:
@@ -96,6 +96,11 @@ def base_method(method: str) -> Optional[str]:
     return method.split("+", 1)[0] if "+" in method else None
 
 
+def shared_setting(label: str) -> str:
+    """A setting's overrides without the sampler's: what a sampler and its base run must share to be compared."""
+    return " ".join(o for o in label.split() if not o.lstrip("+~").split("=", 1)[0].split(".")[0] == "sampler")
+
+
 def time_to_target(jobs, target: Target, read_metrics) -> List[Row]:
     """One row per (model, task, method, setting) over the completed jobs, seeds pooled."""
     groups: Dict[Tuple[str, str, str, str], List[Any]] = defaultdict(list)
@@ -111,9 +116,9 @@ def time_to_target(jobs, target: Target, read_metrics) -> List[Row]:
                         _mean_std([float(h["step"]) for h in hits]),
                         _mean_std([float(h["train_s"]) for h in hits if "train_s" in h]),
                         _mean_std(losses)))
-    by_key = {(r.model, r.task, r.method): r for r in rows if r.reached == r.runs}
+    by_key = {(r.model, r.task, r.method, shared_setting(r.setting)): r for r in rows if r.reached == r.runs}
     for row in rows:
-        base = by_key.get((row.model, row.task, base_method(row.method) or ""))
+        base = by_key.get((row.model, row.task, base_method(row.method) or "", shared_setting(row.setting)))
         if base is not None and row.reached == row.runs and row.train_s[0] > 0:
             row.speedup = base.train_s[0] / row.train_s[0]
     return rows
