@@ -147,6 +147,20 @@ def test_incompatible_jobs_are_na_cells_not_failures(sweep, capsys, monkeypatch)
     assert f"n/a hizoo+ldsd: {reason}" in capsys.readouterr().out
 
 
+def test_grids_too_wide_to_read_list_a_row_per_method(sweep, capsys, monkeypatch):
+    report = build_report(sweep)
+    monkeypatch.setattr("zorun.report.MARKDOWN_METHODS", 2)  # 3 methods: report.md transposes
+    table = [line for line in report.markdown().splitlines() if line.startswith("|")]
+    assert table == ["| method | tiny / synthetic |", "|---|---|", "| zero-shot | 52.0 ± 0.0 |",
+                     "| mezo | 72.0 ± 2.8 |", "| mezo+adalezo | 78.0 ± 2.8 **\\*** |"]
+    for columns, first_header in (("200", "model"), ("40", "method")):  # the terminal decides for the rich table
+        monkeypatch.setenv("COLUMNS", columns)
+        report.print()
+        printed = capsys.readouterr().out
+        header = next(line for line in printed.splitlines() if first_header in line)
+        assert header.split()[1] == first_header, printed
+
+
 @pytest.mark.parametrize("make", [lambda p: p / "nope", lambda p: p], ids=["missing", "empty"])
 def test_bad_directory_is_one_line_and_exit_2(tmp_path, capsys, make):
     with pytest.raises(SystemExit) as exit_info:

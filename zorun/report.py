@@ -33,6 +33,7 @@ PRIMARY_METRICS = ("accuracy", "f1", "em")  # the first one a task reports is th
 HIDDEN_OVERRIDES = ("seed", "+sweep", "sweep", "force", "skip_incompatible")
 NOT_APPLICABLE = "incompatible"  # summary status of a job whose methods cannot run together (skip_incompatible)
 REPORT_DIR = "report"
+MARKDOWN_METHODS = 8  # more methods than this: report.md lists a row per method (a column per model x task)
 
 
 @dataclass
@@ -116,10 +117,20 @@ class Report:
         """method -> why it cannot run, for the grid's incompatible combinations."""
         return {job.method: job.error for job in self.jobs if job.status == NOT_APPLICABLE}
 
-    def cell_text(self, row: Dict[str, "Cell"], method: str) -> str:
-        if method in row:
-            return row[method].text()
-        return "n/a" if method in self.not_applicable else "–"
+    def grid(self, by_method: bool) -> Tuple[List[str], List[List[Tuple[str, bool]]]]:
+        """The results table as (header, rows of (text, best)): rows model x task and a column per
+        method (the paper layout), or, for grids too wide to read that way, a row per method."""
+        def cell(row: Dict[str, Cell], method: str) -> Tuple[str, bool]:
+            if method in row:
+                return row[method].text(), row[method].best
+            return ("n/a" if method in self.not_applicable else "–"), False
+
+        if not by_method:
+            return (["model", "task", *self.methods],
+                    [[(model, False), (task, False), *[cell(row, m) for m in self.methods]]
+                     for (model, task), row in self.cells.items()])
+        return (["method", *[f"{model} / {task}" for model, task in self.cells]],
+                [[(m, False), *[cell(row, m) for row in self.cells.values()]] for m in self.methods])
 
     # ------------------------------------------------------------ aggregation
     def aggregate(self) -> None:
@@ -170,13 +181,12 @@ class Report:
     def markdown(self) -> str:
         lines = [f"# zorun report: {self.root}", "",
                  f"test {self.metric} (%), mean ± std over seeds, hyperparameters selected on dev; "
-                 "* best in row", ""]
+                 "* best for its model and task", ""]
         if self.cells:
-            lines.append("| model | task | " + " | ".join(self.methods) + " |")
-            lines.append("|---|---|" + "---|" * len(self.methods))
-            for (model, task), row in self.cells.items():
-                cells = [self.cell_text(row, m).replace(" *", " **\\***") for m in self.methods]
-                lines.append(f"| {model} | {task} | " + " | ".join(cells) + " |")
+            header, rows = self.grid(by_method=len(self.methods) > MARKDOWN_METHODS)
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(text.replace(" *", " **\\***") if best else text for text, best in row) + " |"
+                      for row in rows]
         else:
             lines.append("No completed job reports a test metric.")
         if self.target_rows:
@@ -214,15 +224,17 @@ class Report:
         from rich.table import Table
 
         console = Console()
-        table = Table(title=f"test {self.metric} (%) · mean ± std over seeds · dev-selected · {self.root}")
-        table.add_column("model")
-        table.add_column("task")
-        for method in self.methods:
-            table.add_column(method, justify="right")
-        for (model, task), row in self.cells.items():
-            cells = [f"[bold green]{row[m].text()}[/]" if m in row and row[m].best else self.cell_text(row, m)
-                     for m in self.methods]
-            table.add_row(model, task, *cells)
+        title = f"test {self.metric} (%) · mean ± std over seeds · dev-selected · {self.root}"
+        for by_method in (False, True):  # a grid wider than the terminal: one row per method instead
+            header, rows = self.grid(by_method)
+            table = Table(title=title)
+            labels = 1 if by_method else 2  # method, or model and task
+            for i, column in enumerate(header):
+                table.add_column(column, justify="left" if i < labels else "right")
+            for row in rows:
+                table.add_row(*[f"[bold green]{text}[/]" if best else text for text, best in row])
+            if console.measure(table, options=console.options.update_width(1 << 20)).maximum <= console.width:
+                break
         console.print(table)
         if self.target_rows:
             target_table = Table(title=f"time to target: {self.target} · mean ± std over seeds")
