@@ -317,12 +317,26 @@ def _selected_jobs(report: Report, key: Tuple[str, str], method: str) -> List[Jo
             and j.setting == cell.setting]
 
 
+def _line_styles(methods: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """One colour per estimator and one dash pattern per sampler, so a method matrix stays legible."""
+    import matplotlib.pyplot as plt
+
+    colours = plt.get_cmap("tab10").colors
+    bases = sorted({m.split("+", 1)[0] for m in methods})
+    samplers = sorted({m.split("+", 1)[1] for m in methods if "+" in m})
+    dashes = ["--", ":", "-."]
+    return {m: {"color": colours[bases.index(m.split("+", 1)[0]) % len(colours)],
+                "linestyle": "-" if "+" not in m else dashes[samplers.index(m.split("+", 1)[1]) % len(dashes)]}
+            for m in methods}
+
+
 def plot_losses(report: Report, key: Tuple[str, str]) -> Optional[Path]:
     """Train loss against step and against wall-clock, one line per method (mean over seeds)."""
     import matplotlib.pyplot as plt
 
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4))
-    drawn = False
+    styles = _line_styles(report.methods)
+    drawn = []
     for method in report.methods:
         if method not in report.cells[key]:
             continue
@@ -334,21 +348,26 @@ def plot_losses(report: Report, key: Tuple[str, str]) -> Optional[Path]:
         steps = [runs[0][i]["step"] for i in range(n)]
         loss = [statistics.fmean(r[i]["loss"] for r in runs) for i in range(n)]
         wall = [statistics.fmean(r[i]["wall_s"] for r in runs) for i in range(n)]
-        by_step.plot(steps, loss, label=f"{method} (n={len(runs)})")
-        by_time.plot(wall, loss, label=method)
-        drawn = True
+        by_step.plot(steps, loss, label=f"{method} (n={len(runs)})", **styles[method])
+        by_time.plot(wall, loss, **styles[method])
+        drawn += loss
     if not drawn:
         plt.close(fig)
         return None
+    spread = min(drawn) > 0 and max(drawn) / min(drawn) > 20  # a diverging method would flatten the rest
     for ax, xlabel in ((by_step, "step"), (by_time, "wall-clock (s)")):
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("train loss")
+        ax.set_ylabel("train loss" + (" (log scale)" if spread else ""))
+        ax.set_yscale("log" if spread else "linear")
         ax.grid(alpha=0.3)
-    by_step.legend()
+    lines = len(by_step.get_lines())
+    columns = 1 + (lines - 1) // 16  # at most 16 entries per legend column, beside the plots
+    fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, ncol=columns, frameon=False)
+    fig.set_figheight(max(4.0, 0.2 * min(lines, 16) + 1.0))
     fig.suptitle(f"{key[0]} · {key[1]}: train loss (dev-selected setting, mean over seeds)")
     fig.tight_layout()
     path = report.out_dir / f"loss_{key[0]}_{key[1]}.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
