@@ -1,4 +1,4 @@
-"""A plain (non-editable) wheel install carries the configs: `zorun --cfg job` works outside the repo."""
+"""A plain (non-editable) wheel install carries the configs, sweeps and shipped networks: `zorun --cfg job` works outside the repo."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def test_wheel_ships_configs_and_runs_outside_the_repo(tmp_path):
     (wheel,) = wheels.glob("zorun-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "zorun/conf/config.yaml" in names and "zorun/conf/model/opt-30b.yaml" in names
+    assert "zorun/sweeps/smoke.yaml" in names and "zorun/networks/tiny.safetensors" in names
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
@@ -31,3 +32,6 @@ def test_wheel_ships_configs_and_runs_outside_the_repo(tmp_path):
                          cwd=elsewhere, env=env, capture_output=True, text=True)
     assert cfg.returncode == 0, cfg.stderr
     assert "hf_id: facebook/opt-30b" in cfg.stdout and "num_hidden_layers: 48" in cfg.stdout
+    pertnn = subprocess.run([sys.executable, "-m", "zorun", "--cfg", "job", "sampler=pertnn"],  # the shipped networks
+                            cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert pertnn.returncode == 0, pertnn.stderr
