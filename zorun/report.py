@@ -384,19 +384,19 @@ def plot_time_breakdown(report: Report) -> Optional[Path]:
             by_method[job.method].append(job.summary["time_s"])
     if not by_method:
         return None
-    methods = sorted(by_method)
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(methods) + 3), 4))
-    bottom = [0.0] * len(methods)
+    methods = sorted(by_method, reverse=True)  # horizontal bars, read top-down in name order
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.3 * len(methods) + 1.5)))
+    left = [0.0] * len(methods)
     for phase in PHASES:
-        heights = [statistics.fmean(t.get(phase, 0.0) for t in by_method[m]) for m in methods]
-        ax.bar(methods, heights, bottom=bottom, label=phase)
-        bottom = [b + h for b, h in zip(bottom, heights)]
-    ax.set_ylabel("seconds per job (mean)")
+        widths = [statistics.fmean(t.get(phase, 0.0) for t in by_method[m]) for m in methods]
+        ax.barh(methods, widths, left=left, label=phase)
+        left = [a + w for a, w in zip(left, widths)]
+    ax.set_xlabel("seconds per job (mean)")
     ax.set_title("time breakdown per method")
     ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     path = report.out_dir / "time_breakdown.png"
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
