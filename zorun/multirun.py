@@ -61,6 +61,11 @@ if not OmegaConf.has_resolver("zorun.dirname"):
     OmegaConf.register_new_resolver("zorun.dirname", safe_dirname)
 
 
+def override_root(override: str) -> str:
+    """The top-level key an override line sets: `+estimator.lr=1e-6` -> estimator, `hydra/launcher=x` -> hydra."""
+    return re.split(r"[./=]", override.lstrip("+~"), maxsplit=1)[0]
+
+
 def identity(cfg: DictConfig, drop: tuple = ()) -> Dict[str, Any]:
     """The resolved config without the keys that do not change results (and `drop`)."""
     keep = [key for key in cfg.keys() if key not in NOT_IDENTITY + tuple(drop)]

@@ -25,12 +25,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from zorun.errors import ZorunError
-from zorun.multirun import config_hash, method_label
+from zorun.multirun import NOT_IDENTITY, config_hash, method_label, override_root
 from zorun.time_to_target import COLUMNS as TARGET_COLUMNS
 from zorun.time_to_target import Row, Target, time_to_target
 
 PRIMARY_METRICS = ("accuracy", "f1", "em")  # the first one a task reports is the table's metric
-HIDDEN_OVERRIDES = ("seed", "+sweep", "sweep", "force", "skip_incompatible")
+HIDDEN_OVERRIDES = NOT_IDENTITY + ("seed", "sweep")  # not in a setting's label: what it is not, and the seed
 NOT_APPLICABLE = "incompatible"  # summary status of a job whose methods cannot run together (skip_incompatible)
 REPORT_DIR = "report"
 MARKDOWN_METHODS = 8  # more methods than this: report.md lists a row per method (a column per model x task)
@@ -69,8 +69,7 @@ class Job:
     @property
     def label(self) -> str:
         """The overrides that name this setting (seed and sweep excluded), for the CSV."""
-        keep = [o for o in self.overrides if o.split("=", 1)[0].lstrip("+~") not in HIDDEN_OVERRIDES]
-        return " ".join(o for o in keep if not o.startswith(("logger", "hydra")))
+        return " ".join(o for o in self.overrides if override_root(o) not in HIDDEN_OVERRIDES)
 
 
 def metric_of(results: Optional[Dict[str, Any]], metric: str) -> Optional[float]:
@@ -120,10 +119,12 @@ class Report:
     def grid(self, by_method: bool) -> Tuple[List[str], List[List[Tuple[str, bool]]]]:
         """The results table as (header, rows of (text, best)): rows model x task and a column per
         method (the paper layout), or, for grids too wide to read that way, a row per method."""
+        not_applicable = self.not_applicable
+
         def cell(row: Dict[str, Cell], method: str) -> Tuple[str, bool]:
             if method in row:
                 return row[method].text(), row[method].best
-            return ("n/a" if method in self.not_applicable else "–"), False
+            return ("n/a" if method in not_applicable else "–"), False
 
         if not by_method:
             return (["model", "task", *self.methods],
@@ -322,12 +323,13 @@ def _line_styles(methods: Sequence[str]) -> Dict[str, Dict[str, Any]]:
     import matplotlib.pyplot as plt
 
     colours = plt.get_cmap("tab10").colors
-    bases = sorted({m.split("+", 1)[0] for m in methods})
-    samplers = sorted({m.split("+", 1)[1] for m in methods if "+" in m})
+    parts = {m: m.partition("+")[::2] for m in methods}  # (estimator label, sampler or "")
+    bases = sorted({base for base, _ in parts.values()})
+    samplers = sorted({sampler for _, sampler in parts.values() if sampler})
     dashes = ["--", ":", "-."]
-    return {m: {"color": colours[bases.index(m.split("+", 1)[0]) % len(colours)],
-                "linestyle": "-" if "+" not in m else dashes[samplers.index(m.split("+", 1)[1]) % len(dashes)]}
-            for m in methods}
+    return {m: {"color": colours[bases.index(base) % len(colours)],
+                "linestyle": dashes[samplers.index(sampler) % len(dashes)] if sampler else "-"}
+            for m, (base, sampler) in parts.items()}
 
 
 def plot_losses(report: Report, key: Tuple[str, str]) -> Optional[Path]:

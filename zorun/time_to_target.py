@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from zorun.errors import ZorunError
+from zorun.multirun import override_root
 
 TRAIN_LOSS = "train_loss"
 
@@ -98,7 +99,7 @@ def base_method(method: str) -> Optional[str]:
 
 def shared_setting(label: str) -> str:
     """A setting's overrides without the sampler's: what a sampler and its base run must share to be compared."""
-    return " ".join(o for o in label.split() if not o.lstrip("+~").split("=", 1)[0].split(".")[0] == "sampler")
+    return " ".join(o for o in label.split() if override_root(o) != "sampler")
 
 
 def time_to_target(jobs, target: Target, read_metrics) -> List[Row]:
