@@ -117,12 +117,21 @@ def shares_prompt(model) -> bool:
     learning (prefix tuning), which fills the cache itself.
     """
     peft_config = getattr(model, "active_peft_config", None)
-    if peft_config is not None:
-        if peft_config.is_prompt_learning:
-            return False
-        model = model.get_base_model()
-    params = inspect.signature(model.forward).parameters
-    return all(p in params for p in ("past_key_values", "position_ids", "logits_to_keep"))
+    if peft_config is not None and peft_config.is_prompt_learning:
+        return False
+    params = inspect.signature(_base(model).forward).parameters
+    return cache_argument(model) is not None and all(p in params for p in ("position_ids", "logits_to_keep"))
+
+
+def _base(model):
+    """The transformers model under a peft wrapper, which passes keyword arguments through to it."""
+    return model.get_base_model() if getattr(model, "active_peft_config", None) is not None else model
+
+
+def cache_argument(model):
+    """The forward's name for the key/value cache: `cache` from transformers 5.x, `past_key_values` before."""
+    params = inspect.signature(_base(model).forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
 def _left_pad(rows: List[List[int]], pad_id: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -153,12 +162,12 @@ def shared_prompt_scores(model, tok, examples: Sequence[Example], max_length: in
         cand[r, : len(a)] = torch.tensor(a)
         cmask[r, : len(a)] = True
     cand, cmask = cand.to(device), cmask.to(device)
-    cache = out.past_key_values
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
     cache.reorder_cache(owner)  # one copy of its prompt's cache per candidate
     # each candidate continues its prompt; padding gets position 0 (in range for learned position tables)
     positions = torch.where(cmask, mask.sum(1)[owner, None] + torch.arange(width, device=device), 0)
     logits = model(input_ids=cand, attention_mask=torch.cat([mask[owner], cmask.long()], 1),
-                   position_ids=positions, past_key_values=cache).logits
+                   position_ids=positions, **{cache_argument(model): cache}).logits
     lp_first = first[owner].gather(1, cand[:, :1]).squeeze(1)
     later = cmask[:, 1:]  # position t predicts token t + 1
     lp_later = logits[:, :-1][later].float().log_softmax(-1).gather(1, cand[:, 1:][later][:, None]).squeeze(1)
