@@ -1,4 +1,9 @@
-"""SQuAD-normalised exact match and token F1 (lower case, no punctuation, no articles)."""
+"""SQuAD-normalised exact match and token F1 (lower case, no punctuation, no articles).
+
+Both follow the official SQuAD v1.1 script, as MeZO's metrics do: a prediction
+and an answer that share no token score F1 0, even when both normalise to
+nothing (the v2.0 script, made for unanswerable questions, scores that pair 1).
+"""
 
 from __future__ import annotations
 
@@ -22,8 +27,6 @@ def squad_em(pred: str, gold: str) -> float:
 
 def squad_f1(pred: str, gold: str) -> float:
     p, g = normalize(pred).split(), normalize(gold).split()
-    if not p or not g:
-        return float(p == g)
     common = Counter(p) & Counter(g)
     same = sum(common.values())
     if same == 0:

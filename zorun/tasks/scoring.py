@@ -4,9 +4,16 @@ A candidate's score is the mean log-likelihood of its tokens after the
 prompt. Training loss is cross-entropy over the candidates' scores
 (train_as_classification) or the LM loss of the gold continuation's tokens.
 
-A prompt too long for model.max_length loses tokens from the left (a leading
-BOS stays, as in MeZO), once per example: all its candidates are scored after
-the same context, however long each is.
+A prompt loses its leading whitespace (MeZO ``lstrip()``s the string it
+feeds: after demonstrations a prompt keeps its own, since the string then
+starts with the first demonstration). A prompt too long for model.max_length
+loses tokens from the left (a leading BOS stays, as in MeZO), once per
+example: all its candidates are scored after the same context, however long
+each is.
+
+Generation is greedy and stops, as MeZO's, at the token that encodes a single
+newline or at EOS; the decoded continuation is kept whole (stripped), so a
+token holding two newlines lets a later line through, as it does in MeZO.
 
 Evaluation runs in padded batches. Where the model's forward takes a cache,
 position ids and `logits_to_keep` (decoder-only transformers models do), each
@@ -59,7 +66,7 @@ def tokenize(tok, ex: Example, max_length: int, gold_only: bool = False) -> Tupl
     """Prompt ids (fitted) and the ids of each continuation scored: candidates, or the gold one."""
     texts = [ex.completion] if gold_only or not ex.candidates else ex.candidates
     answers = [tok(t, add_special_tokens=False)["input_ids"][: max_length - 1] for t in texts]
-    prompt = tok(ex.prompt, add_special_tokens=True)["input_ids"]
+    prompt = tok(ex.prompt.lstrip(), add_special_tokens=True)["input_ids"]
     return fit_prompt(prompt, max_length - max(len(a) for a in answers), tok.bos_token_id), answers
 
 
@@ -207,16 +214,23 @@ def evaluate_classification(model, tok, examples: List[Example], max_length: int
     return {"accuracy": correct / n, "loss": nll / n}
 
 
+def stop_token_ids(tok) -> List[int]:
+    """MeZO's stop rule: the last token of a lone newline, and EOS."""
+    newline = tok("\n", add_special_tokens=False)["input_ids"][-1]
+    return [newline] if tok.eos_token_id is None else [newline, tok.eos_token_id]
+
+
 @torch.no_grad()
 def greedy_generate(model, tok, prompts: List[str], max_length: int, max_new_tokens: int, device) -> List[str]:
-    """Greedy decoding, stopping at a newline; left padding so every row continues its prompt."""
+    """Greedy decoding up to a newline token or EOS; left padding so every row continues its prompt."""
     budget = max(max_length - max_new_tokens, 1)
-    rows = [fit_prompt(tok(p, add_special_tokens=True)["input_ids"], budget, tok.bos_token_id) for p in prompts]
+    rows = [fit_prompt(tok(p.lstrip(), add_special_tokens=True)["input_ids"], budget, tok.bos_token_id)
+            for p in prompts]
     ids, mask = _left_pad(rows, tok.pad_token_id)
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tok.pad_token_id, stop_strings=["\n"], tokenizer=tok)
+                         do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=stop_token_ids(tok))
     texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-    return [t.split("\n")[0].strip() for t in texts]
+    return [t.strip() for t in texts]
 
 
 def evaluate_generation(model, tok, examples: List[Example], max_length: int, batch_size: int,
