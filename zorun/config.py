@@ -275,6 +275,10 @@ class BudgetConfig:
     time_limit_s: float = 0.0  # 0: no limit; else stop training (status completed) after this
     checkpoint_every: int = 1000  # steps between checkpoints (0: only when stopped by a signal)
     keep_checkpoints: int = 2  # the newest k are kept
+    checkpoint_on_stop: bool = True  # SIGTERM/SIGINT write a checkpoint before the run ends (false: nothing written)
+    max_eval_examples: int = 0  # evaluate dev and test on at most this many examples each (0: the whole splits)
+    save_model: bool = True  # a completed full-parameter run writes model/ (Hugging Face save_pretrained)
+    save_merged: bool = False  # model.peft=lora: also write model/ with the adapter merged into the weights
     on_nonfinite: NonFinite = NonFinite.skip  # a non-finite loss: the step is undone exactly, then skip or stop
     max_nonfinite_skips: int = 5  # this many consecutive skipped steps end the run as diverged
 
@@ -304,6 +308,7 @@ class WandbLoggerConfig(LoggerConfig):
     tags: List[str] = field(default_factory=list)  # added to model, task, estimator, sampler
     dir: Optional[str] = None  # where W&B writes its files; None: the run's output directory
     init_timeout_s: float = 30.0  # give up on the W&B server after this and log offline
+    log_model: bool = False  # upload the run's model/ as a W&B artifact (large; adapters are always uploaded)
     # The launch time, one value for every job of a multirun (Hydra copies the
     # resolver cache from the sweep to its jobs; the multirun callback primes it).
     launched: str = "${now:%Y-%m-%d_%H-%M-%S}"
@@ -384,6 +389,11 @@ def validate(cfg: DictConfig) -> None:
     _require(bud.checkpoint_every >= 0, "budget.checkpoint_every", bud.checkpoint_every,
              "it must be >= 0 (0: checkpoint only when stopped)")
     _require(bud.keep_checkpoints >= 1, "budget.keep_checkpoints", bud.keep_checkpoints, "it must be >= 1")
+    _require(bud.max_eval_examples >= 0, "budget.max_eval_examples", bud.max_eval_examples, "it must be >= 0 (0: no cap)")
+    peft = getattr(cfg.model.peft, "value", cfg.model.peft)
+    if bud.save_merged and peft != "lora":
+        raise ConfigError(f"budget.save_merged=true merges a LoRA adapter into the weights, and model.peft={peft} "
+                          f"has none to merge; drop budget.save_merged or use model.peft=lora")
     _require(bud.max_nonfinite_skips >= 1, "budget.max_nonfinite_skips", bud.max_nonfinite_skips, "it must be >= 1")
     for split in ("num_train", "num_dev", "num_test"):
         _require(task[split] >= 0, f"task.{split}", task[split], "it must be >= 0")
