@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import torch
+import json
 
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from zorun.cli import CONF_DIR
 from zorun.models.tokenizer import build_tiny_tokenizer
+from zorun.run import Run
 from zorun.tasks.base import Example
 from zorun.tasks.metrics import squad_f1, squad_scores
-from zorun.tasks.scoring import greedy_generate, stop_token_ids, tokenize
+from zorun.tasks.scoring import encode, greedy_generate, lm_loss, stop_token_ids, tokenize
 
 
 # ------------------------------------------------------------------ point 7
@@ -42,3 +48,81 @@ def test_generation_stops_on_the_newline_token_or_eos_and_keeps_the_text_whole()
     newline = tok("\n", add_special_tokens=False)["input_ids"][-1]
     assert model.kwargs["eos_token_id"] == stop_token_ids(tok) == [newline, tok.eos_token_id]
     assert "stop_strings" not in model.kwargs  # any newline-holding token no longer stops it
+
+
+# ------------------------------------------------------------------ points 1 and 6
+def make_run(tmp_path, *overrides) -> Run:
+    """A set-up Run on the synthetic task (32 train, 8 dev, 8 test)."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["task.num_train=32", "task.num_dev=8", "task.num_test=8", "budget=smoke",
+                                           "logger.progress=false", *overrides])
+    run = Run(cfg, str(tmp_path))
+    run.setup()
+    return run
+
+
+def scripted(run: Run, dev_losses):
+    """evaluate() replaced: dev gives the next scripted objective (accuracy falls as it does); test the step."""
+    calls, losses = [], iter(dev_losses)
+
+    def evaluate(split):
+        calls.append((split, run.step))
+        if split == "dev":
+            loss = next(losses)
+            return {"accuracy": loss, "objective": loss}
+        return {"accuracy": run.step / 100}
+
+    run.evaluate = evaluate
+    return calls
+
+
+def test_the_reported_test_is_the_one_at_the_lowest_dev_loss(tmp_path):
+    """MeZO reloads the checkpoint with the best dev loss and reports test there, not at the last step."""
+    run = make_run(tmp_path, "budget.steps=6", "budget.eval_every=2")
+    assert run.cfg.budget.select.value == "dev_loss"  # the default
+    calls = scripted(run, [0.1, 0.9, 0.4, 0.6])  # before training (not a candidate), steps 2, 4, 6
+    run.train()
+    assert calls == [("dev", 0), ("dev", 2), ("test", 2), ("dev", 4), ("test", 4), ("dev", 6), ("test", 6)]
+    summary = run.cleanup()
+    assert summary["selected"] == {"by": "dev_loss", "step": 4, "dev": {"accuracy": 0.4, "objective": 0.4},
+                                   "test": {"accuracy": 0.04}}
+    assert summary["test"] == {"accuracy": 0.06}  # the final step's, next to it
+
+
+def test_select_last_and_dev_metric(tmp_path):
+    run = make_run(tmp_path / "last", "budget.steps=4", "budget.eval_every=2", "budget.select=last")
+    calls = scripted(run, [0.5, 0.1, 0.9])
+    run.train()
+    assert calls == [("dev", 0), ("dev", 2), ("dev", 4), ("test", 4)]  # test once, at the end
+    assert run.selected["step"] == 4
+    run = make_run(tmp_path / "metric", "budget.steps=4", "budget.eval_every=2", "budget.select=dev_metric")
+    scripted(run, [0.5, 0.9, 0.1])
+    run.train()
+    assert run.selected["step"] == 2 and run.selected["test"] == {"accuracy": 0.02}
+
+
+def test_dev_objective_is_the_training_loss_on_dev(tmp_path):
+    """What dev_loss ranks: CE over candidates for classification, the LM loss of the answer otherwise."""
+    run = make_run(tmp_path / "cls", "budget.steps=0")
+    dev = run.evaluate("dev")
+    assert dev["objective"] == dev["loss"]
+    run = make_run(tmp_path / "lm", "budget.steps=0", "task.train_as_classification=false")
+    dev = run.evaluate("dev")
+    enc = encode(run.tokenizer, run.task.dev, run.cfg.model.max_length, gold_only=True)
+    with torch.no_grad():
+        assert dev["objective"] == pytest.approx(float(lm_loss(run.model, enc)), rel=1e-5)
+    assert "objective" not in run.evaluate("test")
+
+
+def test_epochs_set_the_step_count_and_the_linear_decay_reaches_zero(tmp_path):
+    """MeZO's FT: whole epochs, dev at each epoch's end, lr decayed linearly to 0 over all steps, clip 1.0."""
+    run = make_run(tmp_path, "estimator=fo-adam", "estimator.lr=1e-3", "estimator.schedule=linear",
+                   "estimator.max_grad_norm=1.0", "budget.epochs=3", "budget.steps=1000", "budget.batch_size=8",
+                   "budget.eval_every=0", "budget.log_every=1")
+    calls = scripted(run, [0.5, 0.4, 0.3, 0.2])
+    run.train()
+    assert run.step == 12  # 3 epochs x 32 examples / batch 8; budget.steps does not count
+    assert [c for c in calls if c[0] == "dev"] == [("dev", 0), ("dev", 4), ("dev", 8), ("dev", 12)]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "lr" in r]
+    assert lrs == pytest.approx([1e-3 * (12 - t) / 12 for t in range(12)])  # HF's linear schedule, no warm-up

@@ -40,25 +40,26 @@ def scripted_evaluations(run: Run, dev_accuracies):
 
 
 def test_model_selection_uses_dev_and_evaluates_test_at_the_selected_step(tmp_path):
-    run = make_run(tmp_path, "budget.steps=6", "budget.eval_every=2")
+    run = make_run(tmp_path, "budget.steps=6", "budget.eval_every=2", "budget.select=dev_metric")
     calls = scripted_evaluations(run, [0.9, 0.7, 0.6, 0.7])  # before training (not a candidate), 2, 4, end
     run.train()
     assert calls == [("dev", 0), ("dev", 2), ("test", 2), ("dev", 4), ("dev", 6), ("test", 6)]
-    assert run.best == {"step": 2, "dev": {"accuracy": 0.7}, "test": {"accuracy": 0.02}}  # the tie keeps step 2
+    assert run.selected == {"by": "dev_metric", "step": 2, "dev": {"accuracy": 0.7},
+                            "test": {"accuracy": 0.02}}  # the tie keeps step 2
     summary = run.cleanup()
-    assert summary["test"] == {"accuracy": 0.06} and summary["best"]["step"] == 2
+    assert summary["test"] == {"accuracy": 0.06} and summary["selected"]["step"] == 2
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["test"] for r in records if "test" in r] == [{"accuracy": 0.02}]
 
 
 def test_zero_steps_evaluates_dev_and_test_once(tmp_path):
-    run = make_run(tmp_path, "budget.steps=0")
+    run = make_run(tmp_path, "budget.steps=0", "budget.select=dev_metric")
     calls = scripted_evaluations(run, [0.5])
     run.train()
     assert calls == [("dev", 0), ("test", 0)]
     summary = run.cleanup()
     assert summary["dev"] == summary["dev_initial"] == {"accuracy": 0.5}
-    assert summary["best"] == {"step": 0, "dev": {"accuracy": 0.5}, "test": {"accuracy": 0.0}}
+    assert summary["selected"] == {"by": "dev_metric", "step": 0, "dev": {"accuracy": 0.5}, "test": {"accuracy": 0.0}}
     assert summary["steps"] == summary["forward_passes"] == 0
 
 
@@ -76,7 +77,7 @@ def test_icl_zero_shot_run_from_local_files(tmp_path):
     summary = run.cleanup()
     assert summary["status"] == "completed" and summary["steps"] == 0
     assert set(summary["test"]) == {"accuracy", "loss"} and summary["dev"] == summary["dev_initial"]
-    assert summary["best"]["step"] == 0 and summary["best"]["test"] == summary["test"]
+    assert summary["selected"]["step"] == 0 and summary["selected"]["test"] == summary["test"]
     assert summary["eval_examples_per_s"] > 0
 
 

@@ -37,7 +37,8 @@ from zorun.preemption import StopSignals
 from zorun.registry import ESTIMATORS, build_estimator, build_sampler
 from zorun.replay import replay
 from zorun.tasks import Example, Task, build_task
-from zorun.tasks.scoring import classification_loss, encode, evaluate_classification, evaluate_generation, lm_loss
+from zorun.tasks.scoring import (classification_loss, encode, evaluate_classification, evaluate_generation,
+                                 evaluate_objective, lm_loss)
 from zorun.timing import Clock
 from zorun.tracking import Console, MetricsWriter, write_json_atomic
 from zorun.tracking.files import check_writable
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 # Run counters a checkpoint carries (with the loss tail, dev_initial, wall time and phase times).
 RUN_STATE = ("step", "batches_done", "forward_passes", "backward_passes", "eval_examples", "skipped_steps",
-             "consecutive_skips", "best")
+             "consecutive_skips", "selected")
 
 
 class Run:
@@ -70,7 +71,7 @@ class Run:
         self.losses: List[float] = []  # training losses; a checkpoint keeps the last log_every
         self.train_loss = float("nan")
         self.results: Dict[str, Any] = {"dev_initial": None, "dev": None, "test": None}
-        self.best: Optional[Dict[str, Any]] = None  # the step with the best dev metric, and its test
+        self.selected: Optional[Dict[str, Any]] = None  # the step budget.select chooses on dev, and its test
         self.eval_examples = 0
         self.clock = Clock()
         self.start_time = time.perf_counter()
@@ -342,50 +343,85 @@ class Run:
 
     # --------------------------------------------------------------- evaluate
     def evaluate(self, split: str) -> Dict[str, float]:
+        """The split's metrics; dev also gets `objective`, the training loss there (what budget.select=dev_loss ranks)."""
         examples = self.task.split(split)
         if not examples:
             return {}
         args = (self.model, self.tokenizer, examples, self.cfg.model.max_length,
                 self.cfg.budget.eval_batch_size, self.device)
+        as_cls = self.task.type == "classification" and self.task.train_as_classification
         with self.clock("eval"):
             if self.task.type == "generation":
                 result = evaluate_generation(*args, max_new_tokens=self.cfg.task.max_new_tokens)
             else:
                 result = evaluate_classification(*args)
+            if split == "dev":  # CE over the candidates is the classification loss already computed
+                result["objective"] = result["loss"] if as_cls else evaluate_objective(*args, as_classification=False)
         self.eval_examples += len(examples)
         return result
 
-    def select(self, dev: Dict[str, float], test: Optional[Dict[str, float]] = None) -> bool:
-        """Model selection on dev only: at a new best dev metric, evaluate test there (unless given)."""
-        metric = self.task.metric
-        if not dev or (self.best is not None and dev[metric] <= self.best["dev"][metric]):
+    def select(self, dev: Dict[str, float], test: Optional[Dict[str, float]] = None, final: bool = False) -> bool:
+        """Model selection on dev only, by budget.select: at a newly selected step, evaluate test there (unless
+        given). A tie keeps the earlier step (HF's load_best_model_at_end, which MeZO uses, does the same)."""
+        rule = _value(self.cfg.budget.select)
+        if not dev:
             return False
-        self.best = {"step": self.step, "dev": dev, "test": self.evaluate("test") if test is None else test}
+        if rule == "last":
+            chosen = final
+        elif self.selected is None:
+            chosen = True
+        elif rule == "dev_loss":
+            chosen = dev["objective"] < self.selected["dev"]["objective"]
+        else:
+            chosen = dev[self.task.metric] > self.selected["dev"][self.task.metric]
+        if not chosen:
+            return False
+        self.selected = {"by": rule, "step": self.step, "dev": dev,
+                         "test": self.evaluate("test") if test is None else test}
         return True
+
+    def steps_per_epoch(self) -> int:
+        """Batches in one pass over the training set (the last partial batch is dropped, see batches())."""
+        return max(len(self.task.train) - self.cfg.budget.batch_size, 0) // self.cfg.budget.batch_size + 1
+
+    def total_steps(self) -> int:
+        """budget.steps, or budget.epochs whole passes over the training set."""
+        budget = self.cfg.budget
+        return budget.epochs * self.steps_per_epoch() if budget.epochs else budget.steps
+
+    def evaluates_at(self, step: int) -> bool:
+        """Whether dev is evaluated after `step` steps (before the last): each epoch's end, or budget.eval_every."""
+        budget = self.cfg.budget
+        every = self.steps_per_epoch() if budget.epochs else budget.eval_every
+        return bool(every) and step % every == 0 and step < self.total_steps()
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
         cfg, budget = self.cfg, self.cfg.budget
-        schedule = LRSchedule.from_config(cfg.estimator, budget.steps)
+        total = self.total_steps()
+        if budget.epochs:
+            log.info("budget.epochs=%d: %d steps (%d per epoch), dev at each epoch's end", budget.epochs, total,
+                     self.steps_per_epoch())
+        schedule = LRSchedule.from_config(cfg.estimator, total)
         if self.results["dev_initial"] is None and self.signals.received is None:
             self.results["dev_initial"] = self.evaluate("dev")
             log.info("dev before training: %s", self.results["dev_initial"])
         batches = self.batches(self.batches_done)
-        self.console.start(budget.steps, f"{cfg.estimator.name}/{cfg.sampler.name}")
+        self.console.start(total, f"{cfg.estimator.name}/{cfg.sampler.name}")
         try:
-            while self.step < budget.steps and not self.dp.any(self.signals.received is not None):
+            while self.step < total and not self.dp.any(self.signals.received is not None):
                 lr = schedule(self.step)
                 proceed, result = self.train_step(next(batches), lr)
                 self.console.advance(result.loss)
-                if self.step % budget.log_every == 0 or self.step == budget.steps:
+                if self.step % budget.log_every == 0 or self.step == total:
                     self.log_step(self.losses[-budget.log_every:], lr, result)
                 if not proceed:
                     break
-                if budget.eval_every and self.step % budget.eval_every == 0 and self.step < budget.steps:
+                if self.evaluates_at(self.step):
                     dev = self.evaluate("dev")
                     record = {"step": self.step, "dev": dev, "wall_s": self.wall_s(), "train_s": self.train_s()}
                     if self.select(dev):
-                        record["test"] = self.best["test"]
+                        record["test"] = self.selected["test"]
                     self.write_record(record)
                 if budget.checkpoint_every and self.step % budget.checkpoint_every == 0 and not self.save_checkpoint():
                     break
@@ -405,7 +441,7 @@ class Run:
         # no step taken (budget.steps=0: zero-shot / ICL evaluation): the model is the one just evaluated
         self.results["dev"] = self.evaluate("dev") if self.step else self.results["dev_initial"]
         self.results["test"] = self.evaluate("test")
-        self.select(self.results["dev"], self.results["test"])
+        self.select(self.results["dev"], self.results["test"], final=True)
         if self.status == "running":
             self.status = "completed"
             if self.dp.is_main:
@@ -512,7 +548,7 @@ class Run:
             "dev_initial": self.results["dev_initial"],
             "dev": self.results["dev"],
             "test": self.results["test"],
-            "best": self.best,
+            "selected": self.selected,  # {by, step, dev, test}: the step budget.select chose, next to the final ones
             "wall_s": wall,
             "peak_mem_bytes": max(peak_bytes(device), self.peak_before.get(str(device), 0)),
             "memory": self.memory,

@@ -15,8 +15,8 @@ Generation is greedy and stops, as MeZO's, at the token that encodes a single
 newline or at EOS; the decoded continuation is kept whole (stripped), so a
 token holding two newlines lets a later line through, as it does in MeZO.
 
-Evaluation runs in padded batches. Where the model's forward takes a cache,
-position ids and `logits_to_keep` (decoder-only transformers models do), each
+Evaluation runs in padded batches. Where the model's forward takes a cache and
+position ids (decoder-only transformers models do), each
 prompt runs once and its cache is shared by all its candidates; otherwise every
 (prompt + candidate) sequence runs in one flat batch. Both give the same scores.
 """
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -126,8 +126,7 @@ def shares_prompt(model) -> bool:
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None and peft_config.is_prompt_learning:
         return False
-    params = inspect.signature(_base(model).forward).parameters
-    return cache_argument(model) is not None and all(p in params for p in ("position_ids", "logits_to_keep"))
+    return cache_argument(model) is not None and "position_ids" in inspect.signature(_base(model).forward).parameters
 
 
 def _base(model):
@@ -156,8 +155,10 @@ def shared_prompt_scores(model, tok, examples: Sequence[Example], max_length: in
     items = [tokenize(tok, ex, max_length) for ex in examples]
     ids, mask = _left_pad([p for p, _ in items], tok.pad_token_id)
     ids, mask = ids.to(device), mask.to(device)
+    # only the last position's logits are needed; transformers 4.x OPT computes them all (no logits_to_keep)
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(_base(model).forward).parameters else {}
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                use_cache=True, logits_to_keep=1)
+                use_cache=True, **last)
     first = out.logits[:, -1].float().log_softmax(-1)  # [B, V]: predicts each candidate's first token
     owner = torch.tensor([b for b, (_, answers) in enumerate(items) for _ in answers], device=device)
     slot = torch.tensor([j for _, answers in items for j in range(len(answers))], device=device)
@@ -196,9 +197,25 @@ def lm_loss(model, enc: Encoded) -> torch.Tensor:
 
 
 @torch.no_grad()
+def evaluate_objective(model, tok, examples: List[Example], max_length: int, batch_size: int, device,
+                       as_classification: bool) -> float:
+    """The training loss over `examples` (MeZO's eval_loss): CE over the candidates per example, or the LM
+    loss of the gold continuation per answer token."""
+    total, weight = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start : start + batch_size]
+        enc = encode(tok, batch, max_length, gold_only=not as_classification).to(device)
+        n = enc.num_examples if as_classification else int(enc.answer_mask[:, 1:].sum())
+        total += float(classification_loss(model, enc) if as_classification else lm_loss(model, enc)) * n
+        weight += n
+    return total / max(weight, 1)
+
+
+@torch.no_grad()
 def evaluate_classification(model, tok, examples: List[Example], max_length: int, batch_size: int,
-                            device) -> Dict[str, float]:
-    """Accuracy (argmax among the correct candidates) and the cross-entropy of the trained-on label."""
+                            device, progress: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
+    """Accuracy (argmax among the correct candidates) and the cross-entropy of the trained-on label.
+    `progress` is told the size of each batch scored (the console's bar)."""
     shared = shares_prompt(model)
     correct, nll = 0, 0.0
     for start in range(0, len(examples), batch_size):
@@ -210,6 +227,8 @@ def evaluate_classification(model, tok, examples: List[Example], max_length: int
         labels = torch.tensor([ex.label for ex in batch], device=scores.device)
         correct += sum(ex.is_correct(int(c)) for ex, c in zip(batch, scores.argmax(dim=1)))
         nll += float(F.cross_entropy(scores, labels, reduction="sum"))
+        if progress:
+            progress(len(batch))
     n = max(len(examples), 1)
     return {"accuracy": correct / n, "loss": nll / n}
 
@@ -234,7 +253,7 @@ def greedy_generate(model, tok, prompts: List[str], max_length: int, max_new_tok
 
 
 def evaluate_generation(model, tok, examples: List[Example], max_length: int, batch_size: int,
-                        device, max_new_tokens: int) -> Dict[str, float]:
+                        device, max_new_tokens: int, progress: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
     f1, em = 0.0, 0.0
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
@@ -242,5 +261,7 @@ def evaluate_generation(model, tok, examples: List[Example], max_length: int, ba
         for pred, ex in zip(preds, batch):
             f1_ex, em_ex = squad_scores(pred, ex.answers)
             f1, em = f1 + f1_ex, em + em_ex
+        if progress:
+            progress(len(batch))
     n = max(len(examples), 1)
     return {"f1": f1 / n, "em": em / n}
