@@ -269,10 +269,20 @@ class BudgetConfig:
     name: str = "demo"
     steps: int = 1000
     batch_size: int = 16
+class Selection(str, Enum):
+    """Which evaluated step the run reports as its result (summary.json's `selected`)."""
+
+    dev_loss = "dev_loss"  # the lowest training loss on dev: MeZO's load_best_model_at_end (HF's metric "loss")
+    dev_metric = "dev_metric"  # the highest dev accuracy (F1 for generation)
+    last = "last"  # the final step
+
+
     eval_batch_size: int = 32
     eval_every: int = 0  # 0: only before and after training
     log_every: int = 10
     time_limit_s: float = 0.0  # 0: no limit; else stop training (status completed) after this
+    epochs: int = 0  # > 0: train this many passes over the training set instead of `steps`, dev at each epoch's end
+    select: Selection = Selection.dev_loss  # the step whose test the run reports (dev only chooses it)
     checkpoint_every: int = 1000  # steps between checkpoints (0: only when stopped by a signal)
     keep_checkpoints: int = 2  # the newest k are kept
     checkpoint_on_stop: bool = True  # SIGTERM/SIGINT write a checkpoint before the run ends (false: nothing written)
@@ -415,6 +425,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("task=local needs task.path=FILE.jsonl (one JSON object per line)")
 
 
+    _require(bud.epochs >= 0, "budget.epochs", bud.epochs, "it must be >= 0 (0: budget.steps counts)")
 def _validate_model(m: DictConfig) -> None:
     _require(m.lora.r >= 1, "model.lora.r", m.lora.r, "it must be >= 1")
     _require(m.lora.alpha > 0, "model.lora.alpha", m.lora.alpha, "it must be > 0")
