@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -197,9 +197,25 @@ def lm_loss(model, enc: Encoded) -> torch.Tensor:
 
 
 @torch.no_grad()
+def evaluate_objective(model, tok, examples: List[Example], max_length: int, batch_size: int, device,
+                       as_classification: bool) -> float:
+    """The training loss over `examples` (MeZO's eval_loss): CE over the candidates per example, or the LM
+    loss of the gold continuation per answer token."""
+    total, weight = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start : start + batch_size]
+        enc = encode(tok, batch, max_length, gold_only=not as_classification).to(device)
+        n = enc.num_examples if as_classification else int(enc.answer_mask[:, 1:].sum())
+        total += float(classification_loss(model, enc) if as_classification else lm_loss(model, enc)) * n
+        weight += n
+    return total / max(weight, 1)
+
+
+@torch.no_grad()
 def evaluate_classification(model, tok, examples: List[Example], max_length: int, batch_size: int,
-                            device) -> Dict[str, float]:
-    """Accuracy (argmax among the correct candidates) and the cross-entropy of the trained-on label."""
+                            device, progress: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
+    """Accuracy (argmax among the correct candidates) and the cross-entropy of the trained-on label.
+    `progress` is told the size of each batch scored (the console's bar)."""
     shared = shares_prompt(model)
     correct, nll = 0, 0.0
     for start in range(0, len(examples), batch_size):
@@ -211,6 +227,8 @@ def evaluate_classification(model, tok, examples: List[Example], max_length: int
         labels = torch.tensor([ex.label for ex in batch], device=scores.device)
         correct += sum(ex.is_correct(int(c)) for ex, c in zip(batch, scores.argmax(dim=1)))
         nll += float(F.cross_entropy(scores, labels, reduction="sum"))
+        if progress:
+            progress(len(batch))
     n = max(len(examples), 1)
     return {"accuracy": correct / n, "loss": nll / n}
 
@@ -235,7 +253,7 @@ def greedy_generate(model, tok, prompts: List[str], max_length: int, max_new_tok
 
 
 def evaluate_generation(model, tok, examples: List[Example], max_length: int, batch_size: int,
-                        device, max_new_tokens: int) -> Dict[str, float]:
+                        device, max_new_tokens: int, progress: Optional[Callable[[int], None]] = None) -> Dict[str, float]:
     f1, em = 0.0, 0.0
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
@@ -243,5 +261,7 @@ def evaluate_generation(model, tok, examples: List[Example], max_length: int, ba
         for pred, ex in zip(preds, batch):
             f1_ex, em_ex = squad_scores(pred, ex.answers)
             f1, em = f1 + f1_ex, em + em_ex
+        if progress:
+            progress(len(batch))
     n = max(len(examples), 1)
     return {"f1": f1 / n, "em": em / n}
