@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from zorun.cli import CONF_DIR
 from zorun.models.tokenizer import build_tiny_tokenizer
+from zorun.report import build_report
 from zorun.run import Run
 from zorun.tasks.base import Example
 from zorun.tasks.metrics import squad_f1, squad_scores
@@ -126,3 +127,21 @@ def test_epochs_set_the_step_count_and_the_linear_decay_reaches_zero(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in records if "lr" in r]
     assert lrs == pytest.approx([1e-3 * (12 - t) / 12 for t in range(12)])  # HF's linear schedule, no warm-up
+
+
+def test_report_cells_show_the_test_at_the_selected_step_and_pool_data_seeds(tmp_path):
+    """A grid cell is the selected step's test (not the final one); task.seed draws pool like run seeds."""
+    from tests.test_report import make_job, summary_for
+
+    for task_seed, (selected, final) in enumerate([(0.80, 0.60), (0.70, 0.50)]):
+        summary = summary_for(0.7, final, 0, "uniform")
+        summary["selected"] = {"by": "dev_loss", "step": 4, "dev": {"accuracy": 0.7, "objective": 0.3},
+                               "test": {"accuracy": selected}}
+        make_job(tmp_path, f"task.seed={task_seed}", [f"task.seed={task_seed}"], summary)
+    report = build_report(tmp_path)
+    cell = report.cells[("tiny", "synthetic")]["mezo"]
+    assert (cell.n, cell.mean, cell.label) == (2, pytest.approx(0.75), "")
+    assert "at the step each run selected on dev" in report.markdown()
+    columns, rows = report.job_rows()
+    row = dict(zip(columns, rows[0]))
+    assert (row["selected_step"], row["test_accuracy"], row["final_test_accuracy"], row["task_seed"]) == (4, 0.8, 0.6, 0)

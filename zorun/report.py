@@ -4,14 +4,18 @@ Reads only what every job writes (``.hydra/``, ``summary.json``,
 ``metrics.jsonl``), so it works the same after a local or a SLURM multirun.
 Rows are model x task, columns the methods (see
 :func:`zorun.multirun.method_label`). Within a cell, the jobs that differ only
-by seed form one hyperparameter setting; the setting with the best mean dev
-metric is selected (dev only, never test) and its test metric is shown as
-mean ± std over seeds. Failed jobs are listed with their error line.
+by seed (the run seed or the data draw, task.seed) form one hyperparameter
+setting. Each job contributes its results at the step its run selected on
+dev (summary.json's ``selected``: budget.select, MeZO's best dev loss by
+default); the setting with the best mean dev metric there is chosen (dev
+only, never test) and its test metric is shown as mean ± std over seeds.
+Failed jobs are listed with their error line.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -30,7 +34,8 @@ from zorun.time_to_target import COLUMNS as TARGET_COLUMNS
 from zorun.time_to_target import Row, Target, time_to_target
 
 PRIMARY_METRICS = ("accuracy", "f1", "em")  # the first one a task reports is the table's metric
-HIDDEN_OVERRIDES = NOT_IDENTITY + ("seed", "sweep")  # not in a setting's label: what it is not, and the seed
+SEED_KEYS = ("seed", "task.seed")  # what mean ± std runs over: the run seed and the data draw (MeZO's SEED)
+HIDDEN_OVERRIDES = NOT_IDENTITY + ("sweep",)  # not in a setting's label: what it is not (nor the seeds)
 NOT_APPLICABLE = "incompatible"  # summary status of a job whose methods cannot run together (skip_incompatible)
 REPORT_DIR = "report"
 MARKDOWN_METHODS = 8  # more methods than this: report.md lists a row per method (a column per model x task)
@@ -63,13 +68,22 @@ class Job:
 
     @property
     def setting(self) -> str:
-        """Identity of the hyperparameter setting: the config without the seed."""
-        return config_hash(self.config, drop=("seed",))
+        """Identity of the hyperparameter setting: the config without the seeds."""
+        cfg = copy.deepcopy(self.config)
+        cfg.task.pop("seed", None)
+        return config_hash(cfg, drop=("seed",))
 
     @property
     def label(self) -> str:
-        """The overrides that name this setting (seed and sweep excluded), for the CSV."""
-        return " ".join(o for o in self.overrides if override_root(o) not in HIDDEN_OVERRIDES)
+        """The overrides that name this setting (seeds and sweep excluded), for the CSV."""
+        return " ".join(o for o in self.overrides if override_root(o) not in HIDDEN_OVERRIDES
+                        and o.lstrip("+~").split("=")[0] not in SEED_KEYS)
+
+    @property
+    def selected(self) -> Dict[str, Any]:
+        """The results at the step the run selected on dev; a summary written before budget.select: the final ones."""
+        summary = self.summary or {}
+        return summary.get("selected") or {"dev": summary.get("dev"), "test": summary.get("test")}
 
 
 def metric_of(results: Optional[Dict[str, Any]], metric: str) -> Optional[float]:
@@ -137,7 +151,7 @@ class Report:
     def aggregate(self) -> None:
         groups: Dict[Tuple[str, str], Dict[str, Dict[str, List[Job]]]] = defaultdict(lambda: defaultdict(dict))
         for job in self.jobs:
-            if job.status == "completed" and metric_of(job.summary.get("test"), self.metric) is not None:
+            if job.status == "completed" and metric_of(job.selected.get("test"), self.metric) is not None:
                 groups[job.key][job.method].setdefault(job.setting, []).append(job)
         for key in sorted(groups):
             row: Dict[str, Cell] = {}
@@ -154,8 +168,8 @@ class Report:
             self.target_rows = time_to_target(self.jobs, self.target, read_records)
 
     def _cell(self, jobs: List[Job]) -> Cell:
-        tests = [metric_of(j.summary.get("test"), self.metric) for j in jobs]
-        devs = [d for d in (metric_of(j.summary.get("dev"), self.metric) for j in jobs) if d is not None]
+        tests = [metric_of(j.selected.get("test"), self.metric) for j in jobs]
+        devs = [d for d in (metric_of(j.selected.get("dev"), self.metric) for j in jobs) if d is not None]
         return Cell(mean=statistics.fmean(tests), std=statistics.stdev(tests) if len(tests) > 1 else 0.0,
                     n=len(tests), dev=statistics.fmean(devs) if devs else None, setting=jobs[0].setting,
                     label=jobs[0].label)
@@ -169,20 +183,23 @@ class Report:
         return columns, rows
 
     def job_rows(self) -> Tuple[List[str], List[List[Any]]]:
-        columns = ["job", "model", "task", "method", "seed", "status", f"dev_{self.metric}",
-                   f"test_{self.metric}", "train_loss", "wall_s", "forward_passes", "error"]
+        columns = ["job", "model", "task", "method", "seed", "task_seed", "status", "selected_by", "selected_step",
+                   f"dev_{self.metric}", f"test_{self.metric}", f"final_test_{self.metric}", "train_loss", "wall_s",
+                   "forward_passes", "error"]
         rows = []
         for job in self.jobs:
-            s = job.summary or {}
+            s, chosen = job.summary or {}, job.selected
             rows.append([job.dir.relative_to(self.root).as_posix(), *job.key, job.method, int(job.config.seed),
-                         job.status, metric_of(s.get("dev"), self.metric), metric_of(s.get("test"), self.metric),
-                         s.get("train_loss"), s.get("wall_s"), s.get("forward_passes"), job.error])
+                         job.config.task.get("seed"), job.status, chosen.get("by"), chosen.get("step"),
+                         metric_of(chosen.get("dev"), self.metric), metric_of(chosen.get("test"), self.metric),
+                         metric_of(s.get("test"), self.metric), s.get("train_loss"), s.get("wall_s"),
+                         s.get("forward_passes"), job.error])
         return columns, rows
 
     def markdown(self) -> str:
         lines = [f"# zorun report: {self.root}", "",
-                 f"test {self.metric} (%), mean ± std over seeds, hyperparameters selected on dev; "
-                 "* best for its model and task", ""]
+                 f"test {self.metric} (%) at the step each run selected on dev (budget.select; MeZO's: best dev "
+                 "loss), mean ± std over seeds; hyperparameters selected on dev; * best for its model and task", ""]
         if self.cells:
             header, rows = self.grid(by_method=len(self.methods) > MARKDOWN_METHODS)
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -225,7 +242,7 @@ class Report:
         from rich.table import Table
 
         console = Console()
-        title = f"test {self.metric} (%) · mean ± std over seeds · dev-selected · {self.root}"
+        title = f"test {self.metric} (%) at each run's selected step · mean ± std over seeds · dev-selected · {self.root}"
         for by_method in (False, True):  # a grid wider than the terminal: one row per method instead
             header, rows = self.grid(by_method)
             table = Table(title=title)
@@ -275,7 +292,7 @@ def find_jobs(root: Path) -> List[Job]:
 def primary_metric(jobs: Sequence[Job]) -> str:
     for job in jobs:
         for metric in PRIMARY_METRICS:
-            if metric_of((job.summary or {}).get("test"), metric) is not None:
+            if metric_of(job.selected.get("test"), metric) is not None:
                 return metric
     return PRIMARY_METRICS[0]
 
