@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zorun.errors import ConfigError
 
@@ -75,7 +76,11 @@ class PrefixOptions:
 class ModelConfig:
     name: str = "tiny"
     hf_id: Optional[str] = None  # Hugging Face hub id of the checkpoint
-    path: Optional[str] = None  # local directory with a saved checkpoint (wins over hf_id)
+    # A local model wins over hf_id and over the preset's random-init fields; its config gives the architecture:
+    path: Optional[str] = None  # a directory with a saved Hugging Face checkpoint
+    gguf_file: Optional[str] = None  # a GGUF file (llama.cpp, ollama), dequantised once and cached (zorun/models/gguf.py)
+    # "package/file.gguf": the GGUF file an installed package ships, used when hf_id cannot load (offline, not cached)
+    gguf_package: Optional[str] = None
     init: ModelInit = ModelInit.pretrained
     dtype: DType = DType.float32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -264,11 +269,6 @@ class PertNNSamplerConfig(SamplerConfig):
     init_seed: int = 0  # seed of freshly initialised networks (checkpoint=null)
 
 
-@dataclass
-class BudgetConfig:
-    name: str = "demo"
-    steps: int = 1000
-    batch_size: int = 16
 class Selection(str, Enum):
     """Which evaluated step the run reports as its result (summary.json's `selected`)."""
 
@@ -277,12 +277,17 @@ class Selection(str, Enum):
     last = "last"  # the final step
 
 
+@dataclass
+class BudgetConfig:
+    name: str = "demo"
+    steps: int = 1000
+    epochs: int = 0  # > 0: train this many passes over the training set instead of `steps`, dev at each epoch's end
+    select: Selection = Selection.dev_loss  # the step whose test the run reports (dev only chooses it)
+    batch_size: int = 16
     eval_batch_size: int = 32
     eval_every: int = 0  # 0: only before and after training
     log_every: int = 10
     time_limit_s: float = 0.0  # 0: no limit; else stop training (status completed) after this
-    epochs: int = 0  # > 0: train this many passes over the training set instead of `steps`, dev at each epoch's end
-    select: Selection = Selection.dev_loss  # the step whose test the run reports (dev only chooses it)
     checkpoint_every: int = 1000  # steps between checkpoints (0: only when stopped by a signal)
     keep_checkpoints: int = 2  # the newest k are kept
     checkpoint_on_stop: bool = True  # SIGTERM/SIGINT write a checkpoint before the run ends (false: nothing written)
@@ -360,6 +365,35 @@ class MetaTrainRootConfig(RootConfig):
     metatrain: MetaTrainConfig = field(default_factory=MetaTrainConfig)
 
 
+def local_model(model: DictConfig) -> Optional[str]:
+    """model.path or model.gguf_file: the local model a user gave, if any."""
+    return model.get("path") or model.get("gguf_file")
+
+
+def preset_value(value: Any, local: Any = None, *, _parent_: DictConfig) -> Any:
+    """${zorun.preset:VALUE[,LOCAL]}: a preset field that yields to a local model (LOCAL then, default null).
+
+    A value set on the command line replaces the interpolation, so an explicit
+    model.init=random next to model.path stays, and validate() refuses the pair."""
+    return local if local_model(_parent_) else value
+
+
+def model_name(default: str, *, _parent_: DictConfig) -> str:
+    """${zorun.model_name:PRESET}: a local model is named after its directory (or GGUF file), else PRESET.
+
+    Run directories, summaries and W&B names read model.name; model.name=NAME overrides."""
+    if _parent_.get("path"):
+        return Path(str(_parent_.path)).expanduser().resolve().name or default
+    if _parent_.get("gguf_file"):
+        return Path(str(_parent_.gguf_file)).stem or default
+    return default
+
+
+for _name, _resolver in {"zorun.preset": preset_value, "zorun.model_name": model_name}.items():
+    if not OmegaConf.has_resolver(_name):  # saved run configs (.hydra/config.yaml) use them too
+        OmegaConf.register_new_resolver(_name, _resolver)
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="zorun_schema", node=RootConfig)
@@ -391,6 +425,7 @@ def validate(cfg: DictConfig) -> None:
     est, bud, task = cfg.estimator, cfg.budget, cfg.task
     _validate_estimator(est)
     _require(bud.steps >= 0, "budget.steps", bud.steps, "it must be >= 0")
+    _require(bud.epochs >= 0, "budget.epochs", bud.epochs, "it must be >= 0 (0: budget.steps counts)")
     _require(bud.batch_size >= 1, "budget.batch_size", bud.batch_size, "it must be >= 1")
     _require(bud.eval_batch_size >= 1, "budget.eval_batch_size", bud.eval_batch_size, "it must be >= 1")
     _require(bud.eval_every >= 0, "budget.eval_every", bud.eval_every, "it must be >= 0 (0: only at start and end)")
@@ -425,8 +460,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("task=local needs task.path=FILE.jsonl (one JSON object per line)")
 
 
-    _require(bud.epochs >= 0, "budget.epochs", bud.epochs, "it must be >= 0 (0: budget.steps counts)")
 def _validate_model(m: DictConfig) -> None:
+    if m.path and m.gguf_file:
+        raise ConfigError(f"model.path={m.path} and model.gguf_file={m.gguf_file} both name the model; keep one of them")
+    if local_model(m) and m.init == ModelInit.random:
+        key = "path" if m.path else "gguf_file"
+        raise ConfigError(f"model.init=random builds model.arch with random weights, but model.{key}={m[key]} gives "
+                          f"the model; drop model.init=random to train it, or drop model.{key}")
     _require(m.lora.r >= 1, "model.lora.r", m.lora.r, "it must be >= 1")
     _require(m.lora.alpha > 0, "model.lora.alpha", m.lora.alpha, "it must be > 0")
     _require(0 <= m.lora.dropout < 1, "model.lora.dropout", m.lora.dropout, "it must be in [0, 1)")

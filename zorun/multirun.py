@@ -25,6 +25,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+import zorun.config  # noqa: F401  registers the zorun.* resolvers that the model presets (and saved run configs) use
+
 log = logging.getLogger(__name__)
 
 # Keys that change how a run is logged, not what it computes: not part of its identity.
