@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from zorun.cli import CONF_DIR
+from zorun.config import validate
 from zorun.models.tokenizer import build_tiny_tokenizer
 from zorun.report import build_report
 from zorun.run import Run
+from zorun.tasks import build_task
 from zorun.tasks.base import Example
+from zorun.tasks.icl import SEPARATOR
 from zorun.tasks.metrics import squad_f1, squad_scores
 from zorun.tasks.scoring import encode, greedy_generate, lm_loss, stop_token_ids, tokenize
 
@@ -145,3 +149,44 @@ def test_report_cells_show_the_test_at_the_selected_step_and_pool_data_seeds(tmp
     columns, rows = report.job_rows()
     row = dict(zip(columns, rows[0]))
     assert (row["selected_step"], row["test_accuracy"], row["final_test_accuracy"], row["task_seed"]) == (4, 0.8, 0.6, 0)
+
+
+# ------------------------------------------------------------------ point 3
+def sst2_files(tmp_path, n_train=40, n_val=6):
+    rows = [{"sentence": f"film {i} was {'great' if i % 2 else 'awful'}", "label": i % 2, "idx": i}
+            for i in range(n_train + n_val)]
+    for name, part in (("train", rows[:n_train]), ("val", rows[n_train:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return [f"task.data_files.train={tmp_path / 'train.jsonl'}", f"task.data_files.validation={tmp_path / 'val.jsonl'}"]
+
+
+def sst2_task(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["task=sst2", *sst2_files(tmp_path), "task.num_train=8", "task.num_dev=4",
+                                           "task.icl_demos=3", *overrides])
+    validate(cfg)
+    return build_task(cfg.task)
+
+
+def demo_ids(ex: Example):
+    return [int(part.split()[1]) for part in ex.prompt.split(SEPARATOR)[:-1]]
+
+
+def test_icl_gives_each_test_example_its_own_demonstrations_as_mezo_draws_them(tmp_path):
+    """MeZO's icl.sh: per-example seeds from RandomState(0), each the first N of a permutation of the whole
+    training split (40 records here, not only the 8 training examples)."""
+    task = sst2_task(tmp_path)
+    seeds = np.random.RandomState(0).randint(0, 10000, len(task.test))
+    expected = [np.random.RandomState(s).permutation(40)[:3].tolist() for s in seeds]
+    assert [demo_ids(ex) for ex in task.test] == expected
+    assert demo_ids(task.test[0]) != demo_ids(task.test[1])
+    assert [ex.prompt for ex in sst2_task(tmp_path).test] == [ex.prompt for ex in task.test]  # reproducible
+    dev_ids = [int(ex.prompt.split(SEPARATOR)[-1].split()[1]) for ex in task.dev]
+    assert all(own not in demo_ids(ex) for own, ex in zip(dev_ids, task.dev))  # never its own answer
+    assert all(ex.prompt.count(SEPARATOR) == 0 for ex in task.train)  # training examples never get demonstrations
+
+
+def test_fixed_icl_shows_the_first_training_examples_to_every_prompt(tmp_path):
+    task = sst2_task(tmp_path, "task.icl_sampling=fixed")
+    first = [int(ex.prompt.split()[1]) for ex in task.train[:3]]
+    assert all(demo_ids(ex) == first for ex in task.test + task.dev)

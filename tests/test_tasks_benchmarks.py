@@ -216,20 +216,20 @@ def test_mismatched_type_and_too_many_demos_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not fit task=sst2"):
         build_task(task_cfg("sst2", train_file, val_file, "task.type=generation").task)
     with pytest.raises(ConfigError, match="task.icl_demos=7 is out of range"):
-        task_cfg("sst2", train_file, val_file, "task.icl_demos=7")
+        task_cfg("sst2", train_file, val_file, "task.icl_demos=7", "task.icl_sampling=fixed")
 
 
 # ----------------------------------------------------------------------- ICL
-def test_icl_prepends_the_first_training_examples_solved(tmp_path):
+def test_fixed_icl_prepends_the_first_training_examples_solved(tmp_path):
     train_file, val_file, _ = hub_files(tmp_path, "copa")
     plain = build_task(task_cfg("copa", train_file, val_file).task)
-    icl = build_task(task_cfg("copa", train_file, val_file, "task.icl_demos=2").task)
+    icl = build_task(task_cfg("copa", train_file, val_file, "task.icl_demos=2", "task.icl_sampling=fixed").task)
     demos = [(ex.prompt + ex.candidates[ex.label]).strip() for ex in plain.train[:2]]
     assert icl.test[0].prompt == demos[0] + SEPARATOR + demos[1] + SEPARATOR + GOLDEN["copa"][1]
     assert icl.test[0].candidates == plain.test[0].candidates
     assert all(d.prompt.startswith(demos[0] + SEPARATOR) for d in icl.dev)
     assert [e.prompt for e in icl.train] == [e.prompt for e in plain.train]  # training never sees demos
     squad_train, squad_val, _ = hub_files(tmp_path, "squad")
-    icl = build_task(task_cfg("squad", squad_train, squad_val, "task.icl_demos=1").task)
+    icl = build_task(task_cfg("squad", squad_train, squad_val, "task.icl_demos=1", "task.icl_sampling=fixed").task)
     first = icl.train[0]
     assert icl.test[0].prompt == f"{first.prompt} {first.answers[0]}" + SEPARATOR + GOLDEN["squad"][1]

@@ -110,6 +110,11 @@ class DataFilesConfig:
     validation: Optional[str] = None  # test examples are drawn from it
 
 
+class IclSampling(str, Enum):
+    per_example = "per_example"  # each eval example its own draw from the training split, seeded per example (MeZO)
+    fixed = "fixed"  # one set for every prompt: the first task.icl_demos training examples
+
+
 @dataclass
 class TaskConfig:
     name: str = "synthetic"
@@ -125,6 +130,7 @@ class TaskConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     data_files: DataFilesConfig = field(default_factory=DataFilesConfig)  # wins over task.dataset
     icl_demos: int = 0  # in-context demonstrations before each dev/test prompt (MeZO's ICL: 32)
+    icl_sampling: IclSampling = IclSampling.per_example  # MeZO's icl.sh: each example's own demonstrations
     options: Dict[str, Any] = field(default_factory=dict)  # task-specific knobs
 
 
@@ -443,8 +449,9 @@ def validate(cfg: DictConfig) -> None:
     for split in ("num_train", "num_dev", "num_test"):
         _require(task[split] >= 0, f"task.{split}", task[split], "it must be >= 0")
     _require(task.icl_demos >= 0, "task.icl_demos", task.icl_demos, "it must be >= 0")
-    _require(task.icl_demos <= task.num_train, "task.icl_demos", task.icl_demos,
-             f"the demonstrations are the first training examples, and task.num_train={task.num_train}")
+    if task.icl_sampling == IclSampling.fixed:
+        _require(task.icl_demos <= task.num_train, "task.icl_demos", task.icl_demos,
+                 f"task.icl_sampling=fixed shows the first training examples, and task.num_train={task.num_train}")
     _require(task.max_new_tokens >= 1, "task.max_new_tokens", task.max_new_tokens, "it must be >= 1")
     _require(cfg.model.max_length >= 8, "model.max_length", cfg.model.max_length, "it must be >= 8")
     if cfg.sampler.name == "adalezo":

@@ -8,7 +8,7 @@ Generation: ``answers`` (references); scored by greedy decoding, F1 and EM.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -44,6 +44,7 @@ class Task:
     dev: List[Example]
     test: List[Example]
     train_as_classification: bool = True
+    demo_pool: Any = None  # where ICL draws demonstrations (zorun.tasks.icl.DemoPool); None: the training examples
 
     def split(self, name: str) -> List[Example]:
         return {"train": self.train, "dev": self.dev, "test": self.test}[name]
@@ -86,4 +87,4 @@ def build_task(cfg: DictConfig) -> Task:
     task = _BUILDERS[cfg.name](cfg)
     if not task.train and cfg.num_train > 0:
         raise ConfigError(f"task={cfg.name} has no training examples left after the dev/test split; lower task.num_dev/num_test")
-    return with_demonstrations(task, cfg.icl_demos) if cfg.icl_demos else task
+    return with_demonstrations(task, cfg) if cfg.icl_demos else task

@@ -8,6 +8,9 @@ draws both with NumPy's legacy generator (``np.random.seed(seed)`` then
 ``permutation``), and so does this module: the same seed picks the same
 records, in the same order, as MeZO's runs.
 
+In-context demonstrations are drawn from the whole train split (see
+zorun/tasks/icl.py), rendered only when drawn.
+
 A split smaller than requested is used whole, with a warning, as MeZO does:
 with the defaults CB's 250 training records become 150 train + 100 dev and
 COPA's 400 become 300 + 100, and their validation splits (56 and 100) are
@@ -25,6 +28,7 @@ from omegaconf import DictConfig
 from zorun.errors import ConfigError, ZorunError
 from zorun.tasks.base import Example, Task, register_task
 from zorun.tasks.hub import Split, load_splits
+from zorun.tasks.icl import DemoPool
 from zorun.tasks.templates import SPECS, RecordError, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -64,21 +68,23 @@ def build(cfg: DictConfig) -> Task:
         raise ConfigError(f"task.type={kind} does not fit task={cfg.name}, a {spec.kind} task; drop the override")
     want = cfg.num_train + cfg.num_dev
     needed = {}
-    if want:
-        needed["train"] = "train and dev examples come from it"
+    if want or cfg.icl_demos:
+        needed["train"] = "train and dev examples (and in-context demonstrations) come from it"
     if cfg.num_test:
         needed["validation"] = "test examples come from it"
     splits = load_splits(cfg, needed)
     train: List[Example] = []
     dev: List[Example] = []
     test: List[Example] = []
-    if want:
+    pool = None
+    if "train" in needed:
         source = splits["train"]
         chosen = draw(len(source.rows), want, cfg.seed)
         cut = len(chosen) - min(cfg.num_dev, len(chosen))
         if len(chosen) < want:
             _short(cfg.name, source, len(chosen), want, f"{cut} train + {len(chosen) - cut} dev")
         train, dev = render(spec, source, chosen[:cut]), render(spec, source, chosen[cut:])
+        pool = DemoPool(len(source.rows), lambda indices, source=source: render(spec, source, indices), chosen[cut:])
     if cfg.num_test:
         source = splits["validation"]
         chosen = draw(len(source.rows), cfg.num_test, cfg.seed)
@@ -86,7 +92,7 @@ def build(cfg: DictConfig) -> Task:
             _short(cfg.name, source, len(chosen), cfg.num_test, f"{len(chosen)} test")
         test = render(spec, source, chosen)
     return Task(name=cfg.name, type=spec.kind, train=train, dev=dev, test=test,
-                train_as_classification=cfg.train_as_classification)
+                train_as_classification=cfg.train_as_classification, demo_pool=pool)
 
 
 for _name in SPECS:
