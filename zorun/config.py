@@ -89,6 +89,7 @@ class ModelConfig:
     # what model.init=random builds, and what the tiny model is.
     arch: Dict[str, Any] = field(default_factory=dict)
     tokenizer: Optional[str] = None  # "builtin" for the offline tiny tokenizer; else hub id/path
+    bos_token_id: Optional[int] = None  # the id every prompt starts with, instead of the tokenizer's BOS (OPT: 0)
     trust_remote_code: bool = False  # run the model repository's own Python code (transformers' flag); off unless set
     peft: PeftKind = PeftKind.none  # train an adapter only: lora | prefix (zorun/models/adapters.py)
     lora: LoraOptions = field(default_factory=LoraOptions)
@@ -474,6 +475,12 @@ def _validate_model(m: DictConfig) -> None:
         key = "path" if m.path else "gguf_file"
         raise ConfigError(f"model.init=random builds model.arch with random weights, but model.{key}={m[key]} gives "
                           f"the model; drop model.init=random to train it, or drop model.{key}")
+    if m.path and not Path(m.path).expanduser().is_dir():
+        raise ConfigError(f"model.path={m.path} is not a directory; point it at a saved Hugging Face checkpoint")
+    if m.gguf_file:  # a missing, foreign or truncated file: refused before any run starts
+        from zorun.models.gguf import check_file
+
+        check_file(Path(m.gguf_file).expanduser())
     _require(m.lora.r >= 1, "model.lora.r", m.lora.r, "it must be >= 1")
     _require(m.lora.alpha > 0, "model.lora.alpha", m.lora.alpha, "it must be > 0")
     _require(0 <= m.lora.dropout < 1, "model.lora.dropout", m.lora.dropout, "it must be in [0, 1)")
