@@ -65,11 +65,17 @@ class LoraOptions:
     target_modules: Optional[List[str]] = None  # None: peft's default for the architecture (q_proj/v_proj, GPT-2 c_attn)
 
 
+class PrefixInit(str, Enum):
+    real_activations = "real_activations"  # each layer's keys/values of random vocabulary ids (MeZO's)
+    random = "random"  # peft's random start
+
+
 @dataclass
 class PrefixOptions:
     """model.peft=prefix; MeZO's prefix tuning uses 5 virtual tokens."""
 
     num_virtual_tokens: int = 5
+    init: PrefixInit = PrefixInit.real_activations
 
 
 @dataclass
