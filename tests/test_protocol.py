@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from tokenizers.processors import TemplateProcessing
+from transformers import PreTrainedTokenizerFast
 
 from zorun.cli import CONF_DIR
 from zorun.config import validate
+from zorun.models import loading
 from zorun.models.tokenizer import build_tiny_tokenizer
 from zorun.report import build_report
 from zorun.run import Run
@@ -190,3 +196,28 @@ def test_fixed_icl_shows_the_first_training_examples_to_every_prompt(tmp_path):
     task = sst2_task(tmp_path, "task.icl_sampling=fixed")
     first = [int(ex.prompt.split()[1]) for ex in task.train[:3]]
     assert all(demo_ids(ex) == first for ex in task.test + task.dev)
+
+
+# ------------------------------------------------------------------ point 4
+def opt_like_tokenizer():
+    """OPT's special ids (<s> 0, <pad> 1, </s> 2) and its habit of putting </s> first."""
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "It": 4, "was": 5, "great": 6}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = Whitespace()
+    backend.post_processor = TemplateProcessing(single="</s> $A", special_tokens=[("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def test_opt_prompts_start_with_mezos_bos_id_0(monkeypatch):
+    assert opt_like_tokenizer()("It was great")["input_ids"] == [2, 4, 5, 6]  # what OPT's tokenizer feeds
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["model=opt-13b"])
+    assert cfg.model.bos_token_id == 0
+    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained", lambda *a, **k: opt_like_tokenizer())
+    tok = loading.load_tokenizer(cfg.model)
+    assert tok("It was great")["input_ids"] == [0, 4, 5, 6] and tok.bos_token_id == 0
+    ex = Example("It was", candidates=[" great"], label=0)
+    assert tokenize(tok, ex, 3)[0] == [0, 5]  # truncation keeps the new BOS in front
+    cfg.model.bos_token_id = None  # the option off: the tokenizer's own BOS
+    assert loading.load_tokenizer(cfg.model)("It was")["input_ids"][0] == 2

@@ -11,12 +11,17 @@ layer-wise samplers (adalezo) can perturb one layer's prefix at a time.
 Defaults are MeZO's (Malladi et al. 2023, Appendix E): LoRA r 8, α 16 on the
 attention query and value projections (peft's per-architecture default
 target modules: q_proj/v_proj for OPT, Llama, Qwen, Mistral; c_attn for
-GPT-2), prefix tuning with 5 virtual tokens.
+GPT-2), prefix tuning with 5 virtual tokens, initialised as MeZO's
+``--prefix_init_by_real_act`` (model.prefix.init=real_activations): the keys
+and values each layer computes for 5 random vocabulary ids, run through the
+model. model.prefix.init=random keeps peft's random start.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from peft import LoraConfig, PeftModel, PrefixTuningConfig, get_peft_model
 
 from zorun.errors import ZorunError
+
+log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"  # <run dir>/adapter: the trained adapter, as peft's save_pretrained writes it
 
@@ -49,6 +56,38 @@ class LayerwisePrefix(torch.nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight)
 
+    @torch.no_grad()
+    def load_layers(self, layers: List[torch.Tensor]) -> None:
+        for mine, value in zip(self.layers, layers, strict=True):
+            mine.copy_(value)
+
+
+def _layer_cache(cache, layer: int):
+    """(keys, values) of one layer: transformers' layered caches, or the older per-layer tuples."""
+    if hasattr(cache, "layers"):
+        return cache.layers[layer].keys, cache.layers[layer].values
+    return cache[layer]
+
+
+@torch.no_grad()
+def real_activations(model: torch.nn.Module, num_tokens: int, seed: int):
+    """(token ids, per layer [tokens, keys | values]): `num_tokens` random vocabulary ids run through `model`.
+
+    The ids are drawn uniformly from the model's vocabulary with a generator
+    seeded by the run seed; each layer's keys and values for them (heads
+    side by side, as peft lays a prefix out) are what MeZO's prefix starts
+    from. Keys carry their positions 0..tokens-1, where the prefix sits.
+    """
+    ids = torch.randint(0, model.config.vocab_size, (1, num_tokens), generator=torch.Generator().manual_seed(seed))
+    model.eval()  # no dropout in the activations
+    out = model(input_ids=ids.to(model.get_input_embeddings().weight.device), use_cache=True)
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    layers = []
+    for layer in range(model.config.num_hidden_layers):
+        keys, values = _layer_cache(cache, layer)  # [1, kv heads, tokens, head dim]
+        layers.append(torch.cat([t[0].transpose(0, 1).reshape(num_tokens, -1) for t in (keys, values)], dim=1))
+    return ids[0].tolist(), layers
+
 
 def peft_kind(cfg: DictConfig) -> str:
     return str(getattr(cfg.peft, "value", cfg.peft))
@@ -60,6 +99,8 @@ def wrap(model: torch.nn.Module, cfg: DictConfig, seed: int) -> torch.nn.Module:
     if kind == "none":
         return model
     torch.manual_seed(seed)  # adapter init (LoRA's A, the prefix) is reproducible, whatever loaded the base
+    if kind == "prefix" and str(getattr(cfg.prefix.init, "value", cfg.prefix.init)) == "real_activations":
+        init_ids, activations = real_activations(model, cfg.prefix.num_virtual_tokens, seed)
     if kind == "lora":
         targets = OmegaConf.to_container(cfg.lora.target_modules) if cfg.lora.target_modules else None
         config = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
@@ -75,6 +116,10 @@ def wrap(model: torch.nn.Module, cfg: DictConfig, seed: int) -> torch.nn.Module:
     if kind == "prefix":
         encoder = wrapped.prompt_encoder[wrapped.active_adapter]
         encoder.embedding = LayerwisePrefix(encoder.embedding, wrapped.active_peft_config.num_layers)
+        if str(getattr(cfg.prefix.init, "value", cfg.prefix.init)) == "real_activations":
+            encoder.embedding.load_layers(activations)
+            encoder.embedding.init_ids = init_ids  # which vocabulary ids the prefix started from
+            log.info("prefix initialised from the activations of token ids %s", init_ids)
     return wrapped
 
 
