@@ -11,25 +11,54 @@ from zorun.models import load_model, load_tokenizer
 from zorun.models.tokenizer import build_tiny_tokenizer
 
 
-def _preset(name: str, **over):
+def _preset(preset: str, **over):
     from hydra import compose, initialize_config_dir
 
     from zorun.cli import CONF_DIR  # registers the schemas
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={name}"] + [f"model.{k}={v}" for k, v in over.items()])
+        cfg = compose("config", overrides=[f"model={preset}"] + [f"model.{k}={v}" for k, v in over.items()])
     return cfg.model
 
 
-def test_local_checkpoint_through_model_path(cli, tmp_path):
-    ckpt = tmp_path / "ckpt"
-    tiny_llama(hidden=32, layers=2, vocab=640).save_pretrained(ckpt)
+def test_model_path_without_a_preset_trains_that_model_named_after_it(cli, tmp_path):
+    """The default preset (tiny, random init) yields to model.path: the folder's architecture, its name."""
+    ckpt = tmp_path / "my-llama"
+    tiny_llama(hidden=32, layers=3, vocab=640).save_pretrained(ckpt)
     build_tiny_tokenizer().save_pretrained(ckpt)
-    out = tmp_path / "run"
-    proc = cli("model=tiny", "model.init=pretrained", f"model.path={ckpt}", "model.tokenizer=null",
-               "budget=smoke", "budget.steps=3", "task.num_dev=8", "task.num_test=8", f"hydra.run.dir={out}")
+    proc = cli(f"model.path={ckpt}", "budget=smoke", "budget.steps=3", "task.num_dev=8", "task.num_test=8",
+               "logger=none", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert read_summary(out)["status"] == "completed"
+    (run,) = (tmp_path / "outputs").glob("*/*_my-llama_synthetic_*")  # Hydra's run directory names the model
+    summary = read_summary(run)
+    assert summary["status"] == "completed" and summary["model"] == "my-llama"
+    numel = sum(p.numel() for p in tiny_llama(hidden=32, layers=3, vocab=640).parameters())
+    log = "".join(p.read_text() for p in run.glob("*.log"))
+    assert f"{numel / 1e6:.2f}M parameters" in log  # the folder's 3 layers of width 32, not tiny's 2 of 64
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["model.init=random"], "model.init=random builds model.arch with random weights, but model.path="),
+    (["model=opt-125m", "model.init=random"], "drop model.init=random to train it, or drop model.path"),
+    (["model.path={missing}"], "is not a directory; point it at a saved Hugging Face checkpoint"),
+], ids=["tiny", "opt-125m", "missing"])
+def test_model_path_conflicts_are_one_line(argv, message, tmp_path, capsys):
+    from zorun import cli as zcli
+
+    argv = [a.format(missing=tmp_path / "nope") for a in argv]
+    if not any(a.startswith("model.path=") for a in argv):
+        argv.append(f"model.path={tmp_path}")
+    with pytest.raises(SystemExit) as exc:
+        zcli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_model_name_overrides_the_directory_name(tmp_path):
+    assert _preset("tiny", path=str(tmp_path / "ckpt")).name == "ckpt"
+    assert _preset("tiny", path=str(tmp_path / "ckpt"), name="mine").name == "mine"
+    assert _preset("tiny").name == "tiny"
 
 
 def test_random_init_builds_the_real_shape_offline():
