@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from zorun.cli import CONF_DIR
 from zorun.config import validate
+from zorun.errors import ZorunError
 from zorun.models import loading
 from zorun.models.tokenizer import build_tiny_tokenizer
 from zorun.report import build_report
@@ -221,3 +222,17 @@ def test_opt_prompts_start_with_mezos_bos_id_0(monkeypatch):
     assert tokenize(tok, ex, 3)[0] == [0, 5]  # truncation keeps the new BOS in front
     cfg.model.bos_token_id = None  # the option off: the tokenizer's own BOS
     assert loading.load_tokenizer(cfg.model)("It was")["input_ids"][0] == 2
+
+
+def test_ft_mixed_precision_float16_trains_float32_weights_with_loss_scaling(tmp_path):
+    """MeZO's FT rows run the HF Trainer with --fp16: autocast passes over fp32 weights, a GradScaler."""
+    run = make_run(tmp_path, "estimator=fo-adam", "estimator.lr=1e-3", "estimator.mixed_precision=float16",
+                   "budget.steps=3")
+    before = [b.tensor.detach().clone() for b in run.space.blocks]
+    run.train()
+    assert run.cleanup()["status"] == "completed" and run.step == 3
+    assert run.estimator.scaler is not None and "scaler" in run.estimator.state_dict()
+    assert all(b.tensor.dtype == torch.float32 for b in run.space.blocks)
+    assert any(not torch.equal(b.tensor, t) for b, t in zip(run.space.blocks, before))
+    with pytest.raises(ZorunError, match="set model.dtype=float32"):
+        make_run(tmp_path / "bf16", "estimator=fo-adam", "estimator.mixed_precision=float16", "model.dtype=bfloat16")

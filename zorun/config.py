@@ -201,11 +201,18 @@ class LOZOMConfig(LOZOConfig):
     beta1: float = 0.9  # momentum of the low-rank M
 
 
+class MixedPrecision(str, Enum):
+    none = "none"  # the passes in the weights' dtype
+    float16 = "float16"  # autocast over fp32 weights with loss scaling: HF's --fp16, MeZO's FT rows
+    bfloat16 = "bfloat16"  # autocast over fp32 weights (HF's --bf16)
+
+
 @dataclass
 class FOSGDConfig(EstimatorConfig):
     name: str = "fo-sgd"
     momentum: float = 0.0
     max_grad_norm: float = 0.0  # clip the gradient's global norm to this (0: no clip); PertNN's teacher uses 1.0
+    mixed_precision: MixedPrecision = MixedPrecision.none
 
 
 @dataclass
@@ -215,6 +222,7 @@ class FOAdamConfig(EstimatorConfig):
     beta2: float = 0.999
     adam_eps: float = 1e-8
     max_grad_norm: float = 0.0  # clip the gradient's global norm to this (0: no clip)
+    mixed_precision: MixedPrecision = MixedPrecision.none
 
 
 ESTIMATOR_SCHEMAS = {
