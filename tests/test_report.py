@@ -1,4 +1,5 @@
-"""zorun-report on a constructed sweep directory: dev selection, mean ± std, best marks, failures, files, plots."""
+"""zorun-report on a constructed sweep directory: dev selection, mean ± std (n), best marks, failures, files, plots,
+and directories that hold more than one sweep."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import csv
 import functools
 import json
 import statistics
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -62,6 +61,9 @@ def summary_for(dev, test, seed, sampler, status="completed", error=None):
     return out
 
 
+ADALEZO_LOG = "".join(json.dumps({"step": s, "probs": [0.5 - 0.02 * s, 0.5 + 0.02 * s]}) + "\n" for s in range(10))
+
+
 @pytest.fixture
 def sweep(tmp_path):
     root = tmp_path / "sweep"
@@ -70,7 +72,7 @@ def sweep(tmp_path):
         make_job(root, f"estimator.lr={lr},sampler={sampler},seed={seed}",
                  [f"estimator.lr={lr}", f"sampler={sampler}", f"seed={seed}", "+sweep=smoke"],
                  summary_for(dev, test, seed, sampler), sampler=sampler, metrics=curve,
-                 extra={"adalezo.jsonl": '{"step": 1, "p": [0.5, 0.5]}\n'} if sampler == "adalezo" else None)
+                 extra={"adalezo.jsonl": ADALEZO_LOG} if sampler == "adalezo" else None)
     make_job(root, "estimator.lr=10.0,seed=0", ["estimator.lr=10.0", "seed=0"],
              summary_for(0.5, 0.5, 0, "uniform", status="diverged", error="non-finite loss at step 3; lower lr"))
     make_job(root, "estimator.lr=5.0,seed=0", ["estimator.lr=5.0", "seed=0"])  # killed: no summary.json
@@ -94,26 +96,16 @@ def test_cells_are_dev_selected_test_mean_and_std_with_best_marked(sweep):
 
 
 def test_cli_prints_the_table_and_writes_files_plots_and_failures(sweep, monkeypatch, capsys):
-    drawn = []
-
-    def plot_layer_probabilities(jsonl_path, png_path):  # the adalezo branch's plotting function
-        drawn.append(Path(jsonl_path))
-        Path(png_path).write_bytes(b"png")
-
-    module = types.ModuleType("zorun.samplers.adalezo_plot")
-    module.plot_layer_probabilities = plot_layer_probabilities
-    monkeypatch.setitem(sys.modules, "zorun.samplers.adalezo_plot", module)
-
     import matplotlib.image
 
     monkeypatch.setenv("COLUMNS", "160")
     main([str(sweep)])  # zorun-report SWEEP_DIR
     printed = capsys.readouterr().out
-    assert "78.0 ± 2.8 *" in printed and "diverged" in printed
+    assert "78.0 ± 2.8 (2) *" in printed and "diverged" in printed
     out = sweep / "report"
     md = (out / "report.md").read_text()
     assert "| model | task | zero-shot | mezo | mezo+adalezo |" in md
-    assert "| tiny | synthetic | 52.0 ± 0.0 | 72.0 ± 2.8 | 78.0 ± 2.8 **\\*** |" in md
+    assert "| tiny | synthetic | 52.0 | 72.0 ± 2.8 (2) | 78.0 ± 2.8 (2) **\\*** |" in md
     assert "- `estimator.lr=10.0,seed=0`: diverged: non-finite loss at step 3; lower lr" in md
     assert "- `estimator.lr=5.0,seed=0`: no summary.json: the job was killed or is still running" in md, md
     rows = {r["method"]: r for r in csv.DictReader((out / "results.csv").open())}
@@ -124,9 +116,9 @@ def test_cli_prints_the_table_and_writes_files_plots_and_failures(sweep, monkeyp
     for name in ("loss_tiny_synthetic.png", "time_breakdown.png"):
         image = matplotlib.image.imread(out / name)
         assert image.shape[0] > 200 and image[..., :3].std() > 0.05, name
-    assert sorted(p.parent.name for p in drawn) == ["estimator.lr=0.001,sampler=adalezo,seed=0",
-                                                    "estimator.lr=0.001,sampler=adalezo,seed=1"]
-    assert len(list(out.glob("adalezo_*.png"))) == 2
+    assert sorted(p.name for p in out.glob("adalezo_*.png")) == [
+        "adalezo_estimator.lr=0.001,sampler=adalezo,seed=0.png", "adalezo_estimator.lr=0.001,sampler=adalezo,seed=1.png"]
+    assert (out / "report.html").stat().st_size > 1_000_000  # plotly.js inlined: opens without a network
 
 
 def test_incompatible_jobs_are_na_cells_not_failures(sweep, capsys, monkeypatch):
@@ -151,8 +143,8 @@ def test_grids_too_wide_to_read_list_a_row_per_method(sweep, capsys, monkeypatch
     report = build_report(sweep)
     monkeypatch.setattr("zorun.report.MARKDOWN_METHODS", 2)  # 3 methods: report.md transposes
     table = [line for line in report.markdown().splitlines() if line.startswith("|")]
-    assert table == ["| method | tiny / synthetic |", "|---|---|", "| zero-shot | 52.0 ± 0.0 |",
-                     "| mezo | 72.0 ± 2.8 |", "| mezo+adalezo | 78.0 ± 2.8 **\\*** |"]
+    assert table == ["| method | tiny / synthetic |", "|---|---|", "| zero-shot | 52.0 |",
+                     "| mezo | 72.0 ± 2.8 (2) |", "| mezo+adalezo | 78.0 ± 2.8 (2) **\\*** |"]
     for columns, first_header in (("200", "model"), ("40", "method")):  # the terminal decides for the rich table
         monkeypatch.setenv("COLUMNS", columns)
         report.print()
@@ -236,3 +228,45 @@ def test_bad_target_is_one_line_and_exit_2(sweep, capsys, bad):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("zorun-report: error: --target") and err.count("\n") == 1
+
+
+def test_a_one_seed_cell_shows_the_mean_alone(sweep):
+    cell = build_report(sweep).cells[("tiny", "synthetic")]["zero-shot"]
+    assert cell.n == 1 and cell.text() == "52.0" and "±" not in cell.text()
+
+
+def record_launch(job: Path, grid):
+    (job / "sweep.json").write_text(json.dumps({"grid": grid}))
+
+
+def test_a_directory_with_two_sweeps_is_split_and_merge_joins_them(sweep, capsys):
+    """Another grid launched into the same directory: a report per sweep, each with its own jobs and methods."""
+    first = ["estimator.lr=0.001,0.0001", "sampler=uniform,adalezo", "seed=0,1"]
+    for job in sweep.iterdir():
+        record_launch(job, first)
+    for seed in (0, 1):
+        job = make_job(sweep, f"estimator=zo-adam,seed={seed}", ["estimator.name=zo-adam", f"seed={seed}"],
+                       {**summary_for(0.6, 0.6, seed, "uniform"), "estimator": "zo-adam"})
+        record_launch(job, ["estimator=zo-adam", "seed=0,1"])
+    main([str(sweep)])
+    printed = capsys.readouterr().out
+    assert "holds 2 sweeps" in printed and "--merge" in printed
+    mine, other = (sweep / "report" / name for name in ("estimator.lr=0.001,0.0001_sampler=uniform,adalezo_seed=0,1",
+                                                         "estimator=zo-adam_seed=0,1"))
+    assert "zo-adam" not in (mine / "report.md").read_text() and "mezo+adalezo" in (mine / "report.md").read_text()
+    assert "| tiny | synthetic | 60.0 ± 0.0 (2) |" in (other / "report.md").read_text()
+    assert not (sweep / "report" / "report.md").exists()
+    main([str(sweep), "--merge"])
+    merged = (sweep / "report" / "report.md").read_text()
+    assert "zo-adam" in merged and "mezo+adalezo" in merged
+
+
+def test_two_runs_of_one_configuration_are_refused(sweep, capsys):
+    """Two launches that collided in one directory: a seed would count twice."""
+    for name in ("0_seed=0", "1_seed=0"):
+        make_job(sweep, name, ["seed=0"], {**summary_for(0.5, 0.5, 0, "uniform"), "config_hash": "abc"})
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zorun-report: error:") and "0_seed=0 and 1_seed=0" in err and err.count("\n") == 1

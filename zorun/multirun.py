@@ -5,7 +5,10 @@
   registering them in the ConfigStore keeps the group name singular whatever
   the folder is called, in the repository and in the wheel alike.
 - ``zorun.dirname`` turns Hydra's ``override_dirname`` into a path-safe job
-  directory name.
+  directory name; ``zorun.launch_id`` gives each ad-hoc sweep directory a
+  unique suffix, so two multiruns started in the same second never share one.
+- Each job records its launch command (``sweep.json``), so the report tells
+  apart sweeps that share a directory.
 - Resume: a job whose resolved config (hash) already completed in the sweep
   directory is skipped, whatever directory it ran in; ``force=true`` re-runs it.
 - :class:`MultirunCallback` writes the report (and the W&B grid table) when the
@@ -18,8 +21,9 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 # Keys that change how a run is logged, not what it computes: not part of its identity.
 NOT_IDENTITY = ("hydra", "logger", "force", "skip_incompatible", "resume")
 MAX_DIRNAME = 200  # bytes; most file systems allow 255
+SWEEP_RECORD = "sweep.json"  # in each job directory of a multirun: the launch command it belongs to
 
 
 def sweeps_dir() -> Path:
@@ -61,6 +66,9 @@ def safe_dirname(text: str) -> str:
 
 if not OmegaConf.has_resolver("zorun.dirname"):
     OmegaConf.register_new_resolver("zorun.dirname", safe_dirname)
+if not OmegaConf.has_resolver("zorun.launch_id"):
+    # Cached, and Hydra copies the sweep config's cache into every job: one value per launch.
+    OmegaConf.register_new_resolver("zorun.launch_id", lambda: secrets.token_hex(3), use_cache=True)
 
 
 def override_root(override: str) -> str:
@@ -188,21 +196,48 @@ def sweep_name(hydra_cfg: Any) -> str:
     return choice or Path(str(hydra_cfg.sweep.dir)).name
 
 
+def sweep_group(hydra_cfg: Any, launched: str) -> str:
+    """The W&B group of one launch: '<sweep name>-<launch time>' for +sweep=NAME, else the ad-hoc sweep
+    directory's date and time with its unique suffix ('2026-12-01_06-26-36-3f9a1c')."""
+    choice = hydra_cfg.runtime.choices.get("sweep")
+    if choice:
+        return f"{choice}-{launched}"
+    path = Path(str(hydra_cfg.sweep.dir))
+    return f"{path.parent.name}_{path.name}"
+
+
+def launch_grid(config: DictConfig) -> List[str]:
+    """The overrides of a multirun command that decide its jobs, sorted: what makes two launches one sweep
+    (a relaunch that resumes it), or two (other grids in the same directory)."""
+    return sorted(str(o) for o in config.hydra.overrides.task if override_root(str(o)) not in NOT_IDENTITY)
+
+
 class MultirunCallback(Callback):
-    """Hydra callback (conf/config.yaml): shared launch time, then the report at the end."""
+    """Hydra callback (conf/config.yaml): shared launch time, each job's launch record, the report at the end."""
+
+    grid: Optional[List[str]] = None  # the launch command's overrides; None outside a multirun
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Resolving ${now:...} here puts it in the sweep config's resolver cache,
         # which Hydra copies into every job: one W&B group per launch.
         OmegaConf.select(config, "logger.launched", default=None)
+        self.grid = launch_grid(config)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.grid is None:
+            return
+        from zorun.tracking import write_json_atomic
+
+        out_dir = Path(str(config.hydra.runtime.output_dir))
+        write_json_atomic(out_dir / SWEEP_RECORD, {"grid": self.grid})
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from zorun.report import build_report
-        from zorun.tracking.wandb_logger import log_grid_table
+        from zorun.report import build_reports
+        from zorun.tracking.wandb_logger import log_report
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
-            report = build_report(sweep_dir)
+            report = next(r for r in build_reports(sweep_dir) if r.sweep in (None, " ".join(self.grid or [])))
             report.write()
             report.print()
         except Exception as err:  # the jobs' results are on disk; a report bug must not hide them
@@ -210,4 +245,4 @@ class MultirunCallback(Callback):
                         sweep_dir, type(err).__name__, err, sweep_dir)
             return
         if config.logger.name == "wandb":
-            log_grid_table(config, sweep_name(config.hydra), report)
+            log_report(config, report)

@@ -8,8 +8,16 @@ by seed (the run seed or the data draw, task.seed) form one hyperparameter
 setting. Each job contributes its results at the step its run selected on
 dev (summary.json's ``selected``: budget.select, MeZO's best dev loss by
 default); the setting with the best mean dev metric there is chosen (dev
-only, never test) and its test metric is shown as mean ± std over seeds.
-Failed jobs are listed with their error line.
+only, never test) and its test metric is shown as mean ± std (n) over seeds
+(the mean alone for one seed). Failed jobs are listed with their error line.
+Besides report.md, the CSV files and PNG plots, ``report.html`` is an
+interactive dashboard of the same results (:mod:`zorun.dashboard`).
+
+A directory holds one sweep: the jobs of one launch command (each job's
+``sweep.json``) and its relaunches. One that holds several (another grid
+pointed at it) is split, a report per sweep in ``report/<sweep>/``, unless
+--merge asks for one; two runs of one configuration in a directory (two
+launches that collided) are refused, since their seeds would count twice.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from zorun.dashboard import write_dashboard
 from zorun.errors import ZorunError
-from zorun.multirun import NOT_IDENTITY, config_hash, method_label, override_root
+from zorun.multirun import NOT_IDENTITY, SWEEP_RECORD, config_hash, method_label, override_root, safe_dirname
 from zorun.time_to_target import COLUMNS as TARGET_COLUMNS
 from zorun.time_to_target import Row, Target, time_to_target
 
@@ -47,6 +56,7 @@ class Job:
     config: DictConfig
     overrides: List[str]
     summary: Optional[Dict[str, Any]]
+    sweep: Optional[str] = None  # the launch command's overrides (sweep.json); None: not recorded
 
     @property
     def status(self) -> str:
@@ -102,8 +112,11 @@ class Cell:
     best: bool = False
 
     def text(self, digits: int = 1, scale: float = 100.0) -> str:
+        """`mean ± std (n)`, or the mean alone for one seed (a std of one value says nothing)."""
         mark = " *" if self.best else ""
-        return f"{self.mean * scale:.{digits}f} ± {self.std * scale:.{digits}f}{mark}"
+        if self.n == 1:
+            return f"{self.mean * scale:.{digits}f}{mark}"
+        return f"{self.mean * scale:.{digits}f} ± {self.std * scale:.{digits}f} ({self.n}){mark}"
 
 
 @dataclass
@@ -116,10 +129,11 @@ class Report:
     plots: List[Path] = field(default_factory=list)
     target: Optional[Target] = None
     target_rows: List[Row] = field(default_factory=list)
+    sweep: Optional[str] = None  # set when the directory holds several sweeps and this report covers one
 
     @property
     def out_dir(self) -> Path:
-        return self.root / REPORT_DIR
+        return self.root / REPORT_DIR / (safe_dirname(self.sweep) if self.sweep is not None else "")
 
     @property
     def failed(self) -> List[Job]:
@@ -199,7 +213,9 @@ class Report:
     def markdown(self) -> str:
         lines = [f"# zorun report: {self.root}", "",
                  f"test {self.metric} (%) at the step each run selected on dev (budget.select; MeZO's: best dev "
-                 "loss), mean ± std over seeds; hyperparameters selected on dev; * best for its model and task", ""]
+                 "loss), mean ± std (n) over seeds; hyperparameters selected on dev; * best for its model and task", ""]
+        if self.sweep is not None:
+            lines[1:1] = ["", f"sweep: `{self.sweep}` (one of several launch commands in this directory)"]
         if self.cells:
             header, rows = self.grid(by_method=len(self.methods) > MARKDOWN_METHODS)
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -236,13 +252,15 @@ class Report:
                 writer.writerow(columns)
                 writer.writerows(rows)
         (self.out_dir / "report.md").write_text(self.markdown(), encoding="utf-8")
+        write_dashboard(self)
 
     def print(self) -> None:
         from rich.console import Console
         from rich.table import Table
 
         console = Console()
-        title = f"test {self.metric} (%) at each run's selected step · mean ± std over seeds · dev-selected · {self.root}"
+        title = (f"test {self.metric} (%) at each run's selected step · mean ± std (n) over seeds · dev-selected · "
+                 f"{self.root}" + (f" · sweep {self.sweep}" if self.sweep is not None else ""))
         for by_method in (False, True):  # a grid wider than the terminal: one row per method instead
             header, rows = self.grid(by_method)
             table = Table(title=title)
@@ -266,7 +284,8 @@ class Report:
             console.print(f"[red]{job.status}[/] {job.dir.name}: {job.error}")
         for method, reason in sorted(self.not_applicable.items()):
             console.print(f"[dim]n/a[/] {method}: {reason}")
-        console.print(f"report: {self.out_dir}/report.md, results.csv, jobs.csv, {len(self.plots)} plots")
+        console.print(f"report: {self.out_dir}/report.html (dashboard), report.md, results.csv, jobs.csv, "
+                      f"{len(self.plots)} plots")
 
 
 def _dev_order(cell: Cell) -> float:
@@ -285,8 +304,24 @@ def find_jobs(root: Path) -> List[Job]:
         overrides = [str(o) for o in OmegaConf.load(overrides_path)] if overrides_path.exists() else []
         summary_path = job_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-        jobs.append(Job(job_dir, OmegaConf.load(cfg_path), overrides, summary))
+        record = job_dir / SWEEP_RECORD
+        sweep = " ".join(json.loads(record.read_text())["grid"]) if record.exists() else None
+        jobs.append(Job(job_dir, OmegaConf.load(cfg_path), overrides, summary, sweep))
     return jobs
+
+
+def check_one_launch(root: Path, jobs: Sequence[Job]) -> None:
+    """Refuse two runs of one configuration: only colliding launches write them (a relaunch skips what
+    completed), and a report would count their seeds twice."""
+    seen: Dict[str, Job] = {}
+    for job in jobs:
+        digest = (job.summary or {}).get("config_hash")
+        if digest in seen:
+            raise ZorunError(f"{root} holds two runs of one configuration ({seen[digest].dir.name} and "
+                             f"{job.dir.name}): two launches wrote into it; move one launch's jobs to a directory "
+                             f"of their own, then report each")
+        if digest:
+            seen[digest] = job
 
 
 def primary_metric(jobs: Sequence[Job]) -> str:
@@ -297,12 +332,30 @@ def primary_metric(jobs: Sequence[Job]) -> str:
     return PRIMARY_METRICS[0]
 
 
-def build_report(root: Path, metric: Optional[str] = None, target: Optional[Target] = None) -> Report:
+def build_report(root: Path, metric: Optional[str] = None, target: Optional[Target] = None,
+                 jobs: Optional[List[Job]] = None, sweep: Optional[str] = None) -> Report:
     root = Path(root)
-    jobs = find_jobs(root)
-    report = Report(root, jobs, metric or primary_metric(jobs), target=target)
+    jobs = find_jobs(root) if jobs is None else jobs
+    report = Report(root, jobs, metric or primary_metric(jobs), target=target, sweep=sweep)
     report.aggregate()
     return report
+
+
+def build_reports(root: Path, metric: Optional[str] = None, target: Optional[Target] = None,
+                  merge: bool = False) -> List[Report]:
+    """The directory's report, or one per sweep when it holds several (unless merge)."""
+    root = Path(root)
+    jobs = find_jobs(root)
+    by_sweep: Dict[Optional[str], List[Job]] = defaultdict(list)
+    for job in jobs:
+        by_sweep[job.sweep].append(job)
+    if merge or len(by_sweep) <= 1:
+        check_one_launch(root, jobs)
+        return [build_report(root, metric, target, jobs)]
+    for group in by_sweep.values():
+        check_one_launch(root, group)
+    return [build_report(root, metric, target, group, "(not recorded)" if sweep is None else sweep)
+            for sweep, group in sorted(by_sweep.items(), key=lambda item: str(item[0]))]
 
 
 def read_records(job_dir: Path) -> List[Dict[str, Any]]:
@@ -349,6 +402,21 @@ def _line_styles(methods: Sequence[str]) -> Dict[str, Dict[str, Any]]:
             for m, (base, sampler) in parts.items()}
 
 
+def mean_curve(report: Report, key: Tuple[str, str], method: str
+               ) -> Optional[Tuple[int, List[int], List[float], List[float]]]:
+    """(runs, steps, train loss, wall_s) of the method's dev-selected setting, averaged over its seeds point by
+    point up to the shortest run; None when the cell is empty or no run logged a loss."""
+    if method not in report.cells[key]:
+        return None
+    runs = [r for r in (read_metrics(j.dir) for j in _selected_jobs(report, key, method)) if r]
+    if not runs:
+        return None
+    n = min(len(r) for r in runs)
+    return (len(runs), [runs[0][i]["step"] for i in range(n)],
+            [statistics.fmean(r[i]["loss"] for r in runs) for i in range(n)],
+            [statistics.fmean(r[i]["wall_s"] for r in runs) for i in range(n)])
+
+
 def plot_losses(report: Report, key: Tuple[str, str]) -> Optional[Path]:
     """Train loss against step and against wall-clock, one line per method (mean over seeds)."""
     import matplotlib.pyplot as plt
@@ -357,17 +425,11 @@ def plot_losses(report: Report, key: Tuple[str, str]) -> Optional[Path]:
     styles = _line_styles(report.methods)
     drawn = []
     for method in report.methods:
-        if method not in report.cells[key]:
+        curve = mean_curve(report, key, method)
+        if curve is None:
             continue
-        runs = [read_metrics(j.dir) for j in _selected_jobs(report, key, method)]
-        runs = [r for r in runs if r]
-        if not runs:
-            continue
-        n = min(len(r) for r in runs)
-        steps = [runs[0][i]["step"] for i in range(n)]
-        loss = [statistics.fmean(r[i]["loss"] for r in runs) for i in range(n)]
-        wall = [statistics.fmean(r[i]["wall_s"] for r in runs) for i in range(n)]
-        by_step.plot(steps, loss, label=f"{method} (n={len(runs)})", **styles[method])
+        runs, steps, loss, wall = curve
+        by_step.plot(steps, loss, label=f"{method} (n={runs})", **styles[method])
         by_time.plot(wall, loss, **styles[method])
         drawn += loss
     if not drawn:
@@ -444,6 +506,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--target", metavar="METRIC=VALUE",
                         help="add steps and training seconds to reach a dev metric (accuracy=0.9) or a train loss "
                              "(train_loss=0.3), with each sampler's speed-up over its base estimator")
+    parser.add_argument("--merge", action="store_true",
+                        help="one report for a directory that holds several sweeps (e.g. MeZO's Table 1 parts), "
+                             "instead of one per sweep")
     args = parser.parse_args(argv)
     try:
         target = Target.parse(args.target) if args.target else None
@@ -454,13 +519,22 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"zorun-report: error: {args.sweep_dir} is not a directory; pass a multirun directory "
               "such as outputs/multirun/smoke", file=sys.stderr)
         sys.exit(2)
-    report = build_report(args.sweep_dir, args.metric, target)
-    if not report.jobs:
+    try:
+        reports = build_reports(args.sweep_dir, args.metric, target, args.merge)
+    except ZorunError as err:
+        print(f"zorun-report: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if not reports[0].jobs:
         print(f"zorun-report: error: no job directories (with .hydra/config.yaml) under {args.sweep_dir}",
               file=sys.stderr)
         sys.exit(2)
-    report.write()
-    report.print()
+    for report in reports:
+        report.write()
+        report.print()
+    if len(reports) > 1:
+        print(f"zorun-report: {args.sweep_dir} holds {len(reports)} sweeps (launch commands): "
+              + "; ".join(f"{r.sweep} ({len(r.jobs)} jobs) -> {r.out_dir}" for r in reports)
+              + "; --merge reports them as one")
 
 
 if __name__ == "__main__":

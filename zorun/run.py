@@ -30,6 +30,7 @@ from zorun.estimators.schedule import LRSchedule
 from zorun.memory import peak_bytes, peaks, reset_peaks
 from zorun.multirun import config_hash, identity
 from zorun.models import load_model, load_tokenizer
+from zorun.export import MODEL_DIR, save_model
 from zorun.models.adapters import save_adapter
 from zorun.models.placement import input_device
 from zorun.params import ParamSpace
@@ -344,20 +345,23 @@ class Run:
     # --------------------------------------------------------------- evaluate
     def evaluate(self, split: str) -> Dict[str, float]:
         """The split's metrics; dev also gets `objective`, the training loss there (what budget.select=dev_loss ranks)."""
-        examples = self.task.split(split)
+        examples = self.task.split(split)[: self.cfg.budget.max_eval_examples or None]
         if not examples:
             return {}
+        log.info("evaluating %s: %d examples", split, len(examples))
         args = (self.model, self.tokenizer, examples, self.cfg.model.max_length,
                 self.cfg.budget.eval_batch_size, self.device)
         as_cls = self.task.type == "classification" and self.task.train_as_classification
-        with self.clock("eval"):
+        with self.clock("eval"), self.console.evaluation(split, len(examples)) as progress:
             if self.task.type == "generation":
-                result = evaluate_generation(*args, max_new_tokens=self.cfg.task.max_new_tokens)
+                result = evaluate_generation(*args, max_new_tokens=self.cfg.task.max_new_tokens, progress=progress)
             else:
-                result = evaluate_classification(*args)
+                result = evaluate_classification(*args, progress=progress)
             if split == "dev":  # CE over the candidates is the classification loss already computed
                 result["objective"] = result["loss"] if as_cls else evaluate_objective(*args, as_classification=False)
         self.eval_examples += len(examples)
+        if split == "dev":
+            self.console.dev(self.task.metric, result[self.task.metric])
         return result
 
     def select(self, dev: Dict[str, float], test: Optional[Dict[str, float]] = None, final: bool = False) -> bool:
@@ -407,7 +411,7 @@ class Run:
             self.results["dev_initial"] = self.evaluate("dev")
             log.info("dev before training: %s", self.results["dev_initial"])
         batches = self.batches(self.batches_done)
-        self.console.start(total, f"{cfg.estimator.name}/{cfg.sampler.name}")
+        self.console.start(total, f"{cfg.estimator.name}/{cfg.sampler.name}", completed=self.step)
         try:
             while self.step < total and not self.dp.any(self.signals.received is not None):
                 lr = schedule(self.step)
@@ -434,7 +438,8 @@ class Run:
         self.train_loss = sum(tail) / len(tail) if tail else float("nan")
         if self.signals.received is not None and self.status == "running":
             self.fail("stopped", f"stopped by {self.signals.name} at step {self.step}")
-            self.save_checkpoint()  # always, whatever budget.checkpoint_every: the work so far must survive
+            if budget.checkpoint_on_stop:
+                self.save_checkpoint()  # whatever budget.checkpoint_every: the work so far must survive
             return
         if budget.checkpoint_every:
             self.save_checkpoint()  # the final (or, diverged, the restored) parameters; a relaunch re-evaluates
@@ -445,7 +450,23 @@ class Run:
         if self.status == "running":
             self.status = "completed"
             if self.dp.is_main:
-                save_adapter(self.model, self.out_dir)  # a peft model's adapter: PeftModel.from_pretrained loads it
+                self.save_outputs()
+
+    def save_outputs(self) -> None:
+        """The trained model in the forms users load, each also a W&B artifact: adapter/ (a peft model, for
+        PeftModel.from_pretrained), model/ (full-parameter with budget.save_model, a merged LoRA with
+        budget.save_merged; uploaded with logger.log_model). The merge changes the model: it comes last."""
+        budget = self.cfg.budget
+        with self.clock("checkpoint"):
+            adapter = save_adapter(self.model, self.out_dir)
+            model = None
+            if budget.save_merged or (budget.save_model and adapter is None):
+                model = save_model(self.model, self.tokenizer, self.out_dir / MODEL_DIR)
+                log.info("model %s (AutoModelForCausalLM.from_pretrained loads it)", model)
+        if adapter is not None:
+            self.wandb.log_folder(adapter, "adapter")
+        if model is not None and self.cfg.logger.get("log_model"):
+            self.wandb.log_folder(model, "model")
 
     def train_step(self, batch: List[Example], lr: float):
         """One step on one batch: (whether to go on, the estimator's result). A non-finite loss is undone."""
@@ -631,8 +652,9 @@ def execute(cfg: DictConfig) -> Dict[str, Any]:
         print(f"zorun: error: {summary['error']}", file=sys.stderr)
         exit_code = 3
     elif summary["status"] == "stopped" and signals.received is not None and not exit_code:
-        print(f"zorun: {summary['error']}; checkpoint saved; continue with: zorun resume={run.out_dir}",
-              file=sys.stderr)
+        saved = (f"checkpoint saved; continue with: zorun resume={run.out_dir}" if run.saved_step == run.step
+                 else "no checkpoint (budget.checkpoint_on_stop=false)")
+        print(f"zorun: {summary['error']}; {saved}", file=sys.stderr)
         exit_code = signals.exit_code
         signals.hand_over()  # e.g. submitit: requeue the job, which resumes from the checkpoint
     if exit_code:

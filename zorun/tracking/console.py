@@ -1,13 +1,22 @@
-"""The rich console: a progress bar while training (terminals only) and a summary table."""
+"""The rich console: progress bars while training and evaluating (terminals only) and a summary table.
+
+Training shows steps, the recent loss, the last dev metric, elapsed time,
+steps/s and the ETA; an evaluation shows examples scored with its own rate
+and ETA, under the training bar when one is running. Long evaluations at real
+shapes (minutes on CPU) are no longer silent.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from rich.console import Console as RichConsole
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
+from rich.text import Text
 
 
 def _fmt(value: Any) -> str:
@@ -18,26 +27,69 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+class RateColumn(ProgressColumn):
+    """Items per second in the task's unit (steps/s, examples/s), from rich's moving speed estimate."""
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit", "it")
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.3g} {unit}/s" if speed else f"- {unit}/s", style="progress.data.speed")
+
+
 class Console:
     def __init__(self, enabled: bool):
         self.rich = RichConsole()
         self.show_progress = enabled and sys.stdout.isatty()
         self._progress: Optional[Progress] = None
         self._task = None
+        self._dev = ""
 
-    def start(self, total: int, description: str) -> None:
+    def _new_progress(self, transient: bool) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), RateColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=self.rich, transient=transient,
+        )
+
+    def start(self, total: int, description: str, completed: int = 0) -> None:
+        """The training bar; `completed` steps are already done (a resumed run)."""
         if not self.show_progress:
             return
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=self.rich,
-        )
+        self._progress = self._new_progress(transient=False)
         self._progress.start()
-        self._task = self._progress.add_task(description, total=total, loss="-")
+        self._task = self._progress.add_task(description, total=total, completed=completed, unit="steps",
+                                             info=self._info("-"))
+
+    def _info(self, loss: str) -> str:
+        return f"loss {loss}" + (f" · dev {self._dev}" if self._dev else "")
 
     def advance(self, loss: float) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, advance=1, loss=f"{loss:.4f}")
+            self._progress.update(self._task, advance=1, info=self._info(f"{loss:.4f}"))
+
+    def dev(self, metric: str, value: float) -> None:
+        """The last dev result, shown on the training bar from now on."""
+        self._dev = f"{metric} {value:.3g}"
+
+    @contextmanager
+    def evaluation(self, split: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A bar of examples scored; yields the callback that advances it by a batch's size."""
+        if not self.show_progress or total == 0:
+            yield lambda n: None
+            return
+        own = self._progress is None  # before training: a bar of its own, gone when done
+        progress = self._new_progress(transient=True) if own else self._progress
+        if own:
+            progress.start()
+        task = progress.add_task(f"eval {split}", total=total, unit="examples", info="")
+        try:
+            yield lambda n: progress.update(task, advance=n)
+        finally:
+            if own:
+                progress.stop()
+            else:
+                progress.remove_task(task)
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -1,9 +1,13 @@
 """Weights & Biases for zorun runs: organised by sweep, never interactive, never fatal.
 
-The local files (metrics.jsonl, summary.json) are the record; W&B is a view on
-them. So every W&B call is guarded: if W&B cannot start online (no network,
-bad key) the run logs offline instead, and if it cannot log at all the run goes
-on without it. Either way the user gets one warning, not a traceback.
+The local files (metrics.jsonl, summary.json, model/, the report) are the
+record; W&B is a view on them: metrics against the step, the adapter and (with
+logger.log_model) the model as artifacts, and for a multirun the report's
+tables, plots (as images) and files. Every W&B call is guarded: if W&B cannot
+start online (no network, bad key) the run logs offline instead, and if it
+cannot log at all the run goes on without it. Either way the user gets one
+warning, not a traceback. At start one line says where the run went: its URL,
+or its offline directory and the `wandb sync` command that uploads it.
 """
 
 from __future__ import annotations
@@ -87,9 +91,11 @@ class WandbLogger:
                 run = cls._init(kwargs, attempt, logger_cfg.init_timeout_s)
             except Exception as err:
                 reason = f"W&B could not start {attempt} ({type(err).__name__}: {_first_line(err)})"
+                _teardown()  # a failed init can leave W&B's service half set up, and the offline attempt fail on it
                 continue
             if attempt != mode or reason:
-                log.warning("%s; logging offline to %s instead (sync later with `wandb sync`)", reason, directory)
+                log.warning("%s; logging offline instead", reason)
+            log.info(console_line(run))
             return cls(run)
         log.warning("%s; continuing without W&B, the local files are complete", reason)
         return cls()
@@ -123,6 +129,21 @@ class WandbLogger:
     def summary(self, summary: Dict[str, Any]) -> None:
         self._guard("summary", lambda: self.run.summary.update(_flatten(summary)))
 
+    def log_folder(self, path: Path, kind: str) -> None:
+        """A folder of the run (adapter/, model/) as the model artifact `<kind>-<run id>`.
+
+        An adapter is copied into W&B's staging area (small); a model is referenced in place (gigabytes), so
+        an offline run's model/ must stay until `wandb sync` has uploaded it.
+        """
+        def upload() -> None:
+            import wandb
+
+            artifact = wandb.Artifact(f"{kind}-{self.run.id}", type="model", metadata={"folder": Path(path).name})
+            artifact.add_dir(str(path), policy="mutable" if kind == "adapter" else "immutable")
+            self.run.log_artifact(artifact)
+
+        self._guard(f"{kind} artifact", upload)
+
     def finish(self, exit_code: int) -> None:
         run, self.run = self.run, None
         if run is not None:
@@ -137,8 +158,26 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def _teardown() -> None:
+    try:
+        import wandb
+
+        wandb.teardown()
+    except Exception as err:  # nothing to tear down, or W&B itself broken: the next attempt says which
+        log.debug("wandb.teardown: %s", err)
+
+
+def console_line(run: Any) -> str:
+    """Mode, name and group of a W&B run, with its URL (online) or its directory and sync command (offline)."""
+    group = f", group {run.group}" if run.group else ""
+    if run.settings.mode == "offline":
+        return (f"W&B offline: run {run.name}{group} in {run.settings.sync_dir}; "
+                f"upload it with: wandb sync {run.settings.sync_dir}")
+    return f"W&B online: run {run.name}{group}: {run.url}"
+
+
 def job_group(cfg: DictConfig) -> Optional[str]:
-    """logger.group, else '<sweep name>-<launch time>' inside a multirun, else None."""
+    """logger.group, else the launch's group inside a multirun (:func:`zorun.multirun.sweep_group`), else None."""
     if cfg.logger.group:
         return str(cfg.logger.group)
     from hydra.core.hydra_config import HydraConfig
@@ -146,9 +185,9 @@ def job_group(cfg: DictConfig) -> Optional[str]:
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    from zorun.multirun import sweep_name
+    from zorun.multirun import sweep_group
 
-    return f"{sweep_name(HydraConfig.get())}-{cfg.logger.launched}"
+    return sweep_group(HydraConfig.get(), cfg.logger.launched)
 
 
 def start_run_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger:
@@ -165,17 +204,34 @@ def start_run_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger:
                              job_type=method_label(resolved), tags=tags, name=name)
 
 
-def log_grid_table(config: DictConfig, sweep: str, report: Any) -> None:
-    """At the end of a multirun: every job of the grid as one wandb.Table, in the sweep's group."""
-    group = str(config.logger.group) if config.logger.group else f"{sweep}-{config.logger.launched}"
+def log_report(config: DictConfig, report: Any) -> None:
+    """At the end of a multirun, one run in the sweep's group (job_type=report): every job and the results as
+    wandb.Tables, the report's plots as wandb.Images, and its files (tables, CSV, plots, report.html) as the
+    artifact `report-<sweep>`."""
+    from zorun.multirun import safe_dirname, sweep_group, sweep_name
+
+    sweep = sweep_name(config.hydra)
+    group = str(config.logger.group) if config.logger.group else sweep_group(config.hydra, config.logger.launched)
     logger = WandbLogger.start(config.logger, report.out_dir, config={"sweep": sweep, "sweep_dir": str(report.root)},
-                               group=group, job_type="report", tags=[sweep], name=f"{sweep}-report")
+                               group=group, job_type="report", tags=[sweep], name=f"{group}-report")
     if logger.run is None:
         return
     import wandb
 
-    columns, rows = report.job_rows()
-    logger._guard("table", lambda: logger.run.log({"grid": wandb.Table(columns=columns, data=rows)}))
-    columns, rows = report.table_rows()
-    logger._guard("table", lambda: logger.run.log({"results": wandb.Table(columns=columns, data=rows)}))
+    def tables() -> None:
+        columns, rows = report.job_rows()
+        logger.run.log({"grid": wandb.Table(columns=columns, data=rows)})
+        columns, rows = report.table_rows()
+        logger.run.log({"results": wandb.Table(columns=columns, data=rows)})
+
+    def files() -> None:
+        artifact = wandb.Artifact(f"report-{safe_dirname(group)}", type="report", metadata={"sweep_dir": str(report.root)})
+        for path in sorted(report.out_dir.iterdir()):
+            if path.is_file():
+                artifact.add_file(str(path))
+        logger.run.log_artifact(artifact)
+
+    logger._guard("table", tables)
+    logger._guard("images", lambda: logger.run.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in report.plots}))
+    logger._guard("report artifact", files)
     logger.finish(0)

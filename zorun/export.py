@@ -1,0 +1,154 @@
+"""The fine-tuned model as a Hugging Face folder, and the `zorun-export` command.
+
+A completed full-parameter run writes ``<run dir>/model/`` (budget.save_model):
+save_pretrained's safetensors shards, config and generation config, and the
+tokenizer, so ``AutoModelForCausalLM.from_pretrained(run_dir / "model")`` loads
+exactly the final parameters (tied weights stay tied). A peft run writes
+``adapter/``, and with budget.save_merged its LoRA merged into the weights as
+``model/``.
+
+`zorun-export RUN_DIR [--step N] [--out DIR]` writes the same folder for any
+step of a run: from the checkpoint of that step, else from the newest
+checkpoint before it (or the base model) with the trajectory log replayed up
+to it (see :mod:`zorun.replay`), so a run without checkpoints (budget=smoke)
+can still be exported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+from omegaconf import OmegaConf
+from peft import PeftModel
+
+from zorun.errors import ZorunError
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "model"  # <run dir>/model: what from_pretrained loads
+MAX_SHARD_SIZE = "5GB"  # the hub's usual shard size, fixed here whatever the transformers version's default
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def save_model(model: torch.nn.Module, tokenizer, out: Path, merge: bool = True) -> Path:
+    """Write `model` with its tokenizer as a Hugging Face folder, atomically (a kill leaves no half folder).
+
+    A peft model is merged into its base weights first (merge=True; this changes the model in place, so it is
+    the last thing done with it), or written as the adapter alone (merge=False).
+    """
+    out = Path(out)
+    if isinstance(model, PeftModel) and merge:
+        model = model.merge_and_unload()
+    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size=MAX_SHARD_SIZE)
+    tokenizer.save_pretrained(str(tmp))
+    if out.exists():  # a relaunched run completing again: the new folder replaces the old one
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+# ------------------------------------------------------------------ zorun-export
+def load_run_config(run_dir: Path, device: Optional[str]):
+    config_path = run_dir / ".hydra" / "config.yaml"
+    if not config_path.is_file():
+        raise ZorunError(f"{run_dir} has no .hydra/config.yaml; point zorun-export at a zorun run directory")
+    cfg = OmegaConf.load(config_path)  # YAML's safe loader: data only
+    if device:
+        cfg.model.device = device
+    return cfg
+
+
+def restore(run, run_dir: Path, step: Optional[int]) -> Tuple[int, str]:
+    """Put the run's model at `step` (default: the last one logged or checkpointed); returns (step, how)."""
+    from zorun.checkpoint import Checkpoint, Checkpoints
+    from zorun.replay import replay
+    from zorun.timing import Clock
+    from zorun.trajectory import NAME, ReplayError, read
+
+    saved = Checkpoints(run_dir / "checkpoints", keep=1).steps()
+    records = []
+    if (run_dir / NAME).is_file():
+        header, records = read(run_dir / NAME)
+        if header["num_blocks"] != len(run.space):
+            raise ReplayError(f"the log has {header['num_blocks']} blocks, model={run.cfg.model.name} has "
+                              f"{len(run.space)}")
+    logged = records[-1]["step"] + 1 if records else 0
+    last = max([logged] + [s for s, _ in saved])
+    target = last if step is None else step
+    if not 0 <= target <= last:
+        raise ZorunError(f"--step {step}: {run_dir} holds steps 0..{last} (the trajectory log and the checkpoints)")
+    start = max((s for s, _ in saved if s <= target), default=None)
+    sampler = run.sampler if run.sampler.replays_state else None
+    if start is not None:
+        ckpt = Checkpoint.open(dict(saved)[start])
+        ckpt.load_params(run.space)
+        if start == target:
+            return target, f"from checkpoint {ckpt.path.name}"
+        state = ckpt.load_state()
+        run.estimator.load_state_dict(state["estimator"])
+        if sampler is not None:
+            sampler.load_state_dict(state["sampler"])
+    if target > logged:
+        raise ReplayError(f"--step {target}: no checkpoint there, and the trajectory log of {run_dir} ends at step "
+                          f"{logged}; export a step up to {logged} or one with a checkpoint")
+    print(f"zorun-export: replaying {target - (start or 0)} steps ({start or 0}..{target - 1}) of trajectory.jsonl "
+          f"from {'checkpoint step ' + str(start) if start is not None else 'the base model'}", flush=True)
+    applied = replay(run.estimator, records, len(run.space), start or 0, target, Clock(), sampler)
+    return target, f"{applied} steps replayed from {'checkpoint ' + str(start) if start is not None else 'the base model'}"
+
+
+def export(run_dir: Path, step: Optional[int], out: Optional[Path], device: Optional[str], merge: bool) -> Path:
+    from zorun.models import load_tokenizer
+    from zorun.run import Run
+
+    cfg = load_run_config(run_dir, device)
+    started = time.perf_counter()
+    run = Run(cfg, str(run_dir))
+    run.build_model()
+    step, how = restore(run, run_dir, step)
+    out = out or run_dir / "export" / f"step-{step}"
+    if out.exists() and any(out.iterdir()):
+        raise ZorunError(f"--out {out} exists and is not empty; remove it or choose another directory")
+    peft = isinstance(run.model, PeftModel)
+    if merge and not (peft and run.cfg.model.peft == "lora"):
+        raise ZorunError(f"--merge merges a LoRA adapter, and model.peft={run.cfg.model.peft}; drop --merge")
+    save_model(run.model, load_tokenizer(cfg.model), out, merge=merge)
+    what = "adapter" if peft and not merge else "model"
+    print(f"zorun-export: step {step} ({how}) -> {out}: {what}, {folder_bytes(out) / 1e6:.1f} MB "
+          f"in {time.perf_counter() - started:.1f} s")
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="zorun-export", description=__doc__.split("\n\n")[2])
+    parser.add_argument("run_dir", type=Path, help="a zorun run directory (with .hydra/)")
+    parser.add_argument("--step", type=int, default=None, help="the step to export (default: the last one)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: RUN_DIR/export/step-N)")
+    parser.add_argument("--device", default=None, help="override model.device (the run's by default: a replay is "
+                                                       "bit for bit on the device and kernels the run used)")
+    parser.add_argument("--merge", action="store_true",
+                        help="peft LoRA runs: write the merged model instead of the adapter")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        export(args.run_dir, args.step, args.out, args.device, args.merge)
+    except ZorunError as err:
+        print(f"zorun-export: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
