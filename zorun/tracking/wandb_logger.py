@@ -49,6 +49,22 @@ def resolve_mode(mode: str) -> str:
     return "online" if has_credentials() else "offline"
 
 
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared", "run")  # what W&B's own settings accept
+
+
+def clean_mode_env() -> None:
+    """W&B re-reads WANDB_MODE in every wandb.init and rejects the whole init (a settings ValidationError), even an
+    explicit offline one, when the variable holds anything else (empty, another case): normalise it or drop it."""
+    env = os.environ.get("WANDB_MODE")
+    if env is None or env in WANDB_MODES:
+        return
+    if env.strip().lower() in WANDB_MODES:
+        os.environ["WANDB_MODE"] = env.strip().lower()
+        return
+    log.warning("WANDB_MODE=%r is not a W&B mode (%s); ignoring it", env, ", ".join(WANDB_MODES))
+    del os.environ["WANDB_MODE"]
+
+
 def _flatten(record: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     """{'dev': {'accuracy': .8}} -> {'dev/accuracy': .8}; non-finite floats dropped (W&B charts reject them)."""
     out: Dict[str, Any] = {}
@@ -73,6 +89,7 @@ class WandbLogger:
     @classmethod
     def start(cls, logger_cfg: DictConfig, out_dir: Path, *, config: Dict[str, Any], group: Optional[str],
               job_type: str, tags: List[str], name: str) -> "WandbLogger":
+        clean_mode_env()
         mode = resolve_mode(logger_cfg.mode)
         if mode == "disabled":
             return cls()
