@@ -7,6 +7,7 @@ import csv
 import functools
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -270,3 +271,36 @@ def test_two_runs_of_one_configuration_are_refused(sweep, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("zorun-report: error:") and "0_seed=0 and 1_seed=0" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_two_multiruns_started_together_get_their_own_directories(tmp_path):
+    """Ad-hoc sweep directories carry a per-launch suffix: launched in the same second, they still differ, and each
+    report counts its own seeds only."""
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    args = [sys.executable, "-m", "zorun", "-m", "seed=0,1", "budget=smoke", "budget.steps=2", "task.num_train=16",
+            "logger=none", "hydra.sweep.dir=outputs/multirun/same-second-${zorun.launch_id:}"]
+    launches = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(2)]
+    assert all(p.wait(timeout=900) == 0 for p in launches), [p.stderr.read() for p in launches]
+    sweeps = sorted((tmp_path / "outputs" / "multirun").iterdir())
+    assert len(sweeps) == 2
+    for sweep_dir in sweeps:
+        assert len(list(sweep_dir.glob("[01]_*"))) == 2
+        assert "± " in (sweep_dir / "report" / "report.md").read_text() and " (2) |" in (
+            sweep_dir / "report" / "report.md").read_text()
+
+
+def test_the_default_sweep_directory_is_unique_per_launch():
+    """Two compositions in the same second (the time is frozen by the cache, the suffix is not)."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        dirs = [str(compose("config", overrides=["hydra.sweep.dir=outputs/multirun/12-00-00-${zorun.launch_id:}"],
+                            return_hydra_config=True).hydra.sweep.dir) for _ in range(2)]
+        default = str(compose("config", return_hydra_config=True).hydra.sweep.dir)
+    assert dirs[0] != dirs[1] and all(d.startswith("outputs/multirun/12-00-00-") for d in dirs)
+    assert default.split("/")[-1].count("-") == 3  # TIME-suffix: HH-MM-SS-xxxxxx
