@@ -128,7 +128,8 @@ def loss_figure(report: Report, key) -> Optional[go.Figure]:
     everything = [True] * len(fig.data)
     fig.update_layout(title=f"{key[0]} · {key[1]}: dev-selected setting, mean over seeds", height=480,
                       legend={"font": {"size": 10}},
-                      updatemenus=[{"type": "buttons", "direction": "right", "x": 0, "y": 1.18, "xanchor": "left",
+                      margin={"t": 110},
+                      updatemenus=[{"type": "buttons", "direction": "right", "x": 1, "y": 1.25, "xanchor": "right",
                                     "buttons": [{"label": "all methods", "method": "restyle",
                                                  "args": [{"visible": everything}]},
                                                 {"label": "none", "method": "restyle",
@@ -245,18 +246,19 @@ def pertnn_figure(report: Report) -> Optional[go.Figure]:
 def target_table(report: Report) -> str:
     from zorun.time_to_target import COLUMNS
 
-    rows = [[_cell(_maybe_number(text)) if i not in (0, 1, 2, len(COLUMNS) - 1) else _cell(text)
-             for i, text in enumerate(row.cells())] for row in report.target_rows]
+    labels = ("model", "task", "method", "setting")
+    rows = [[_cell(text) if column in labels else _cell(_maybe_number(text), text)
+             for column, text in zip(COLUMNS, row.cells())] for row in report.target_rows]
     return _table(COLUMNS, rows, "time-to-target")
 
 
-def _maybe_number(text: str) -> Any:
-    """A table cell's leading number ('123 ± 4' -> 123.0) as its sort key; other text as it is."""
-    head = text.split(" ")[0].rstrip("x×")
+def _maybe_number(text: str) -> Optional[float]:
+    """A table cell's leading number ('123 ± 4' -> 123.0, '2/2' -> 2.0, '1.5x' -> 1.5) as its sort key; else None."""
+    head = text.split(" ")[0].split("/")[0].rstrip("x")
     try:
         return float(head)
     except ValueError:
-        return text
+        return None
 
 
 # ---------------------------------------------------------------------- page
