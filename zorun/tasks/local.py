@@ -4,11 +4,16 @@ Classification: {"prompt": str, "candidates": [str, ...], "label": int}; the
 candidates may instead be given once as task.candidates. Generation
 (task.type=generation): {"prompt": str, "answers": [str, ...]} (or "answer").
 Every problem is reported with the file and the line number.
+
+The splits are sized from the file: task.num_dev and task.num_test as set
+when they leave at least half the file to train on, else 10% each (a
+200-line file: 160 train, 20 dev, 20 test), said in one warning line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import List
 
@@ -17,6 +22,8 @@ from omegaconf import DictConfig
 from zorun.errors import ZorunError
 from zorun.tasks.base import Example, Task, register_task, split_examples
 
+log = logging.getLogger(__name__)
+EVAL_FRACTION = 0.1  # of a small file, for dev and for test each
 
 def _fail(path: Path, line: int, why: str) -> ZorunError:
     return ZorunError(f"{path}:{line}: {why}")
@@ -62,9 +69,26 @@ def read_jsonl(path: Path, kind: str, shared_candidates: List[str]) -> List[Exam
     return examples
 
 
+def sized(cfg: DictConfig, n: int) -> DictConfig:
+    """The task config with dev and test sizes that leave a file of n examples at least half of them to train on."""
+    if cfg.num_dev + cfg.num_test <= n // 2:
+        return cfg
+    if n < 3:
+        raise ZorunError(f"task.path={cfg.path} holds {n} example{'s' * (n != 1)}; a run needs at least 3 "
+                         f"(train, dev and test), a few hundred to measure anything")
+    share = max(1, int(n * EVAL_FRACTION))
+    out = cfg.copy()
+    out.num_dev, out.num_test = min(cfg.num_dev, share), min(cfg.num_test, share)
+    log.warning("task.path=%s holds %d examples, too few for task.num_dev=%d and task.num_test=%d with half left to "
+                "train on: using %d dev, %d test and %d train (%d%% each for dev and test); set task.num_dev and "
+                "task.num_test to choose", cfg.path, n, cfg.num_dev, cfg.num_test, out.num_dev, out.num_test,
+                min(cfg.num_train, n - out.num_dev - out.num_test), round(100 * EVAL_FRACTION))
+    return out
+
+
 @register_task("local")
 def build(cfg: DictConfig) -> Task:
     kind = cfg.type.value if hasattr(cfg.type, "value") else str(cfg.type)
     examples = read_jsonl(Path(cfg.path), kind, list(cfg.candidates))
     return Task(name="local", type=kind, train_as_classification=cfg.train_as_classification,
-                **split_examples(examples, cfg))
+                **split_examples(examples, sized(cfg, len(examples))))
