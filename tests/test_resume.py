@@ -28,7 +28,7 @@ from zorun.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["budget=smoke", "budget.batch_size=2", "budget.log_every=1", "task.num_train=32", "task.num_dev=8",
-        "task.num_test=8", "logger=none", "logger.progress=false"]
+        "task.num_test=8", "logger=none", "logger.progress=false", "budget.checkpoint_on_stop=true"]
 METRICS = ("status", "steps", "skipped_steps", "forward_passes", "train_loss", "dev_initial", "dev", "test", "selected")
 
 

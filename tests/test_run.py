@@ -19,7 +19,8 @@ def test_smoke_run_writes_the_output_contract(cli, tmp_path):
     assert s["status"] == "completed" and "error" not in s
     assert (s["model"], s["task"], s["estimator"], s["sampler"]) == ("tiny", "synthetic", "mezo", "uniform")
     assert s["steps"] == 20 and s["forward_passes"] == 40
-    assert set(s["dev_initial"]) == {"accuracy", "loss"} and set(s["test"]) == {"accuracy", "loss"}
+    assert set(s["dev_initial"]) == {"accuracy", "loss", "objective"}  # dev carries the training loss (budget.select)
+    assert set(s["test"]) == {"accuracy", "loss"}
     assert PHASES <= s["time_s"].keys() and s["time_s"]["forward"] > 0 and s["time_s"]["perturb"] > 0
     assert sum(s["time_s"].values()) <= s["wall_s"] * 1.01
     assert s["peak_mem_bytes"] > 0
