@@ -10,8 +10,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from zorun.models.tokenizer import build_tiny_tokenizer
 from zorun.tasks.base import Example
 from zorun.tasks.metrics import squad_scores
-from zorun.tasks.scoring import (candidate_scores, encode, evaluate_classification, fit_prompt, greedy_generate,
-                                 shared_prompt_scores, shares_prompt)
+from zorun.tasks.scoring import (_mean_per_row, candidate_scores, encode, evaluate_classification, fit_prompt,
+                                 greedy_generate, shared_prompt_scores, shares_prompt, token_logprobs)
 
 MAX_LENGTH = 64
 # initializer_range 0.5 spreads the random logits, so no argmax rests on a float near-tie
@@ -86,6 +86,49 @@ def test_peft_models_share_the_prompt_unless_prefix_tuned():
     torch.testing.assert_close(shared, flat, atol=1e-5, rtol=0)
     assert not shares_prompt(get_peft_model(tiny("llama"), PrefixTuningConfig(task_type="CAUSAL_LM",
                                                                                num_virtual_tokens=3)))
+
+
+def one_token_examples(tok):
+    """Examples whose 2-3 candidates are each a single token, prompts of many lengths."""
+    singles = [w for w in (" good", " bad", " river", " table", " cold") if len(tok(w, add_special_tokens=False)["input_ids"]) == 1]
+    assert len(singles) >= 3
+    return [Example(prompt=" ".join(["seven morning happy"] * (1 + i)) + " . It was", candidates=singles[: 2 + i % 2],
+                    label=i % 2) for i in range(9)]
+
+
+def flat_scores(model, enc):
+    """The general path: every (prompt + candidate) sequence, its answer tokens' mean log-likelihood."""
+    lp, rows = token_logprobs(model, enc)
+    scores = torch.full((enc.num_examples, enc.max_candidates), float("-inf"))
+    scores[enc.owner, enc.slot] = _mean_per_row(lp, rows, enc.input_ids.shape[0])
+    return scores
+
+
+@pytest.mark.parametrize("kind", ["llama", "opt", "plain", "prefix"])
+def test_one_token_candidates_run_each_prompt_once_with_the_same_scores(kind):
+    """The training loss's fast path (one forward row per example) against the general path, gradients too."""
+    tok = build_tiny_tokenizer()
+    model = tiny("opt" if kind == "opt" else "llama")
+    if kind == "plain":
+        model = PlainForward(model)
+    if kind == "prefix":
+        model = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
+    exs = one_token_examples(tok)
+    enc = encode(tok, exs, MAX_LENGTH)
+    rows = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    fast = candidate_scores(model, enc)
+    hook.remove()
+    assert rows == [len(exs)]  # one row per example, not one per candidate
+    torch.testing.assert_close(fast, flat_scores(model, enc), atol=1e-5, rtol=0)
+    assert torch.isinf(fast[0, 2:]).all() and torch.isfinite(fast[1]).all()
+    params = [p for p in model.parameters() if p.requires_grad][:3]
+    fast_grad = torch.autograd.grad(torch.nn.functional.cross_entropy(fast, enc.labels), params)
+    flat_grad = torch.autograd.grad(torch.nn.functional.cross_entropy(flat_scores(model, enc), enc.labels), params)
+    for a, b in zip(fast_grad, flat_grad):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    if shares_prompt(model):  # the shared evaluation path skips the candidates' pass too
+        torch.testing.assert_close(shared_prompt_scores(model, tok, exs, MAX_LENGTH, "cpu"), fast, atol=1e-5, rtol=0)
 
 
 @torch.no_grad()

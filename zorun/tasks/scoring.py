@@ -19,6 +19,8 @@ Evaluation runs in padded batches. Where the model's forward takes a cache and
 position ids (decoder-only transformers models do), each
 prompt runs once and its cache is shared by all its candidates; otherwise every
 (prompt + candidate) sequence runs in one flat batch. Both give the same scores.
+Where every candidate is a single token, training and evaluation alike run
+each prompt once and read all its candidates off the logits after it.
 """
 
 from __future__ import annotations
@@ -111,9 +113,30 @@ def _mean_per_row(lp: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
 
 def candidate_scores(model, enc: Encoded) -> torch.Tensor:
     """[B, C] mean token log-likelihood per candidate; -inf where an example has fewer candidates."""
+    if bool((enc.answer_mask.sum(1) == 1).all()):
+        return _one_token_scores(model, enc)
     lp, rows = token_logprobs(model, enc)
     scores = torch.full((enc.num_examples, enc.max_candidates), float("-inf"), device=lp.device)
     scores[enc.owner, enc.slot] = _mean_per_row(lp, rows, enc.input_ids.shape[0])
+    return scores
+
+
+def _one_token_scores(model, enc: Encoded) -> torch.Tensor:
+    """candidate_scores when every candidate is one token (SST-2's and VADER's verbalizers): all of an
+    example's scores come from the logits after its prompt, so each prompt runs once (half the forward of
+    a two-way task) and only the positions before an answer are projected onto the vocabulary."""
+    before = enc.answer_mask.float().argmax(1) - 1  # [N] the position that predicts each answer token
+    answer = enc.input_ids.gather(1, (before + 1)[:, None]).squeeze(1)
+    first = (enc.slot == 0).nonzero().squeeze(1)  # one sequence per example, in example order
+    width = int(before.max()) + 1
+    keep = torch.unique(before)  # sorted
+    kwargs = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(_base(model).forward).parameters else {}
+    logits = model(input_ids=enc.input_ids[first, :width], attention_mask=enc.attention_mask[first, :width],
+                   **kwargs).logits
+    column = torch.searchsorted(keep, before) if kwargs else before
+    lp = logits[enc.owner, column].float().log_softmax(-1).gather(1, answer[:, None]).squeeze(1)
+    scores = torch.full((enc.num_examples, enc.max_candidates), float("-inf"), device=lp.device)
+    scores[enc.owner, enc.slot] = lp
     return scores
 
 
@@ -157,13 +180,17 @@ def shared_prompt_scores(model, tok, examples: Sequence[Example], max_length: in
     ids, mask = ids.to(device), mask.to(device)
     # only the last position's logits are needed; transformers 4.x OPT computes them all (no logits_to_keep)
     last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(_base(model).forward).parameters else {}
+    answers = [a for _, ans in items for a in ans]
+    width = max(len(a) for a in answers)
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                use_cache=True, **last)
+                use_cache=width > 1, **last)
     first = out.logits[:, -1].float().log_softmax(-1)  # [B, V]: predicts each candidate's first token
     owner = torch.tensor([b for b, (_, answers) in enumerate(items) for _ in answers], device=device)
     slot = torch.tensor([j for _, answers in items for j in range(len(answers))], device=device)
-    answers = [a for _, ans in items for a in ans]
-    width = max(len(a) for a in answers)
+    if width == 1:  # one-token candidates: the prompt's last logits score them all
+        scores = torch.full((len(items), int(slot.max()) + 1), float("-inf"), device=device)
+        scores[owner, slot] = first[owner, torch.tensor([a[0] for a in answers], device=device)]
+        return scores
     cand = torch.full((len(answers), width), tok.pad_token_id, dtype=torch.long)
     cmask = torch.zeros((len(answers), width), dtype=torch.bool)
     for r, a in enumerate(answers):
