@@ -144,6 +144,10 @@ def preflight(overrides: List[str], multirun: bool, config_name: str = "config")
                 from zorun.samplers.pertnn_io import check_exists
 
                 check_exists(cfg.sampler.checkpoint)
+            if not multirun and config_name == "config":  # a grid's jobs may run elsewhere: each checks itself
+                from zorun.models.fit import check_fit
+
+                check_fit(cfg)
         if sum(map(len, incompatible.values())) == len(jobs) > 0:
             raise ConfigError(f"every job of the grid is incompatible: {next(iter(incompatible))}")
         for reason, pairs in incompatible.items():
