@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -308,6 +311,15 @@ def test_opt_presets_carry_mezos_lr_eps_and_dtype_with_their_source():
     llama = compose_cfg("model=llama-3.1-8b")
     assert (llama.estimator.lr, llama.model.dtype.value) == (1e-7, "bfloat16")
     assert "untuned for Llama 3.1 8B" in llama.defaults_from.estimator.lr
+
+
+def test_cfg_job_prints_the_recipe_values_without_the_memory_check():
+    """The issue's acceptance line, on a machine that cannot hold OPT-30B: the config prints, resolved."""
+    proc = subprocess.run([sys.executable, "-m", "zorun", "--cfg", "job", "model=opt-30b"], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "\n  lr: 1.0e-07\n" in proc.stdout and "\n  dtype: float16\n" in proc.stdout
+    assert "recipe mezo/opt-30b: MeZO large_models/README.md" in proc.stdout
 
 
 def test_every_paper_model_has_a_documented_recipe():
