@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +18,10 @@ from tokenizers.pre_tokenizers import Whitespace
 from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
-from zorun.cli import CONF_DIR
+from zorun.cli import CONF_DIR, job_overrides, preflight
 from zorun.config import validate
 from zorun.errors import ZorunError
-from zorun.models import loading
+from zorun.models import fit, loading
 from zorun.models.tokenizer import build_tiny_tokenizer
 from zorun.report import build_report
 from zorun.run import Run
@@ -236,3 +240,128 @@ def test_ft_mixed_precision_float16_trains_float32_weights_with_loss_scaling(tmp
     assert any(not torch.equal(b.tensor, t) for b, t in zip(run.space.blocks, before))
     with pytest.raises(ZorunError, match="set model.dtype=float32"):
         make_run(tmp_path / "bf16", "estimator=fo-adam", "estimator.mixed_precision=float16", "model.dtype=bfloat16")
+
+
+# ------------------------------------------------------------------ points 2, 6 and 7: the table sweeps
+def compose_cfg(*overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def sweep_jobs(name):
+    """The override list of every job of sweeps/NAME.yaml, as `zorun -m +sweep=NAME` launches them."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return job_overrides([f"+sweep={name}"], True,
+                             lambda o, return_hydra_config=False: compose("config", overrides=list(o),
+                                                                          return_hydra_config=return_hydra_config))
+
+
+@pytest.mark.parametrize("part, dtype, peft, lrs, eps", [
+    ("prompt", "float16", "none", None, None),
+    ("mezo", "float16", "none", {1e-6, 1e-7}, 1e-3),
+    ("lora", "float16", "lora", {1e-4, 5e-5}, 1e-2),
+    ("prefix", "float16", "prefix", {1e-2, 1e-3}, 1e-1),
+])
+def test_zo_and_icl_table_sweeps_run_opt_in_float16_and_vary_the_data_seed(part, dtype, peft, lrs, eps):
+    """mezo.sh and icl.sh load OPT with --load_float16; their SEED is --train_set_seed (zorun's task.seed)."""
+    jobs = sweep_jobs(f"mezo-table1-{part}")
+    assert len(jobs) == 22 and all("task.seed=0" in job and not any(o.startswith("seed=") for o in job)
+                                   for job in jobs)
+    cfgs = [compose_cfg(*job) for job in jobs[:2]]
+    for cfg in cfgs:
+        assert (cfg.model.name, cfg.model.dtype.value, cfg.model.peft.value) == ("opt-13b", dtype, peft)
+        assert cfg.seed == 0 and cfg.budget.select.value == "dev_loss"
+    if lrs is None:
+        assert {c.task.icl_demos for c in cfgs} == {0, 32} and cfgs[0].budget.steps == 0
+    else:
+        assert {c.estimator.lr for c in cfgs} == lrs and {c.estimator.eps for c in cfgs} == {eps}
+        assert (cfgs[0].estimator.name, cfgs[0].budget.steps, cfgs[0].budget.batch_size) == ("mezo", 20000, 16)
+
+
+def test_ft_table_sweep_follows_finetune_sh():
+    """5 epochs at batch 8, --fp16 over float32 weights, linear decay to 0, clip 1.0, best dev loss."""
+    jobs = sweep_jobs("mezo-table1-ft")
+    assert len(jobs) == 33 and all("task.seed=0" in job for job in jobs)
+    cfg = compose_cfg(*jobs[0])
+    est, bud = cfg.estimator, cfg.budget
+    assert (est.name, est.lr, est.schedule.value, est.warmup_steps, est.max_grad_norm, est.mixed_precision.value) == \
+        ("fo-adam", 1e-5, "linear", 0, 1.0, "float16")
+    assert (cfg.model.dtype.value, bud.epochs, bud.batch_size, bud.select.value) == ("float32", 5, 8, "dev_loss")
+
+
+# ------------------------------------------------------------------ point 8
+def test_opt_presets_carry_mezos_lr_eps_and_dtype_with_their_source():
+    """`zorun model=opt-30b` used tiny's lr 2e-4 in float32; MeZO's README runs 1e-7/1e-3 in float16."""
+    cfg = compose_cfg("model=opt-30b", "task=sst2", "sampler=adalezo")
+    assert (cfg.estimator.lr, cfg.estimator.eps, cfg.model.dtype.value) == (1e-7, 1e-3, "float16")
+    assert cfg.defaults_from.estimator.lr.startswith("recipe mezo/opt-30b: MeZO large_models/README.md")
+    assert "--load_float16" in cfg.defaults_from.model.dtype
+    for peft, lr, eps in (("lora", 5e-5, 1e-2), ("prefix", 1e-3, 1e-1)):  # the README's LoRA and prefix values
+        cfg = compose_cfg("model=opt-30b", f"model.peft={peft}")
+        assert (cfg.estimator.lr, cfg.estimator.eps) == (lr, eps)
+    cfg = compose_cfg("model=opt-30b", "estimator.lr=1e-6", "model.dtype=bfloat16")  # an explicit value wins
+    assert (cfg.estimator.lr, cfg.model.dtype.value) == (1e-6, "bfloat16")
+    assert cfg.defaults_from.estimator.lr.startswith("override: 1e-06 replaces the recipe's 1e-07")
+    assert cfg.defaults_from.model.dtype.startswith("override: bfloat16 replaces the recipe's float16")
+    ft = compose_cfg("model=opt-13b", "estimator=fo-adam")
+    assert (ft.estimator.lr, ft.estimator.schedule.value, ft.estimator.max_grad_norm,
+            ft.estimator.mixed_precision.value, ft.model.dtype.value) == (1e-5, "linear", 1.0, "float16", "float32")
+    tiny = compose_cfg()
+    assert (tiny.estimator.lr, tiny.model.dtype.value, dict(tiny.defaults_from)) == (2e-4, "float32", {})
+    llama = compose_cfg("model=llama-3.1-8b")
+    assert (llama.estimator.lr, llama.model.dtype.value) == (1e-7, "bfloat16")
+    assert "untuned for Llama 3.1 8B" in llama.defaults_from.estimator.lr
+
+
+def test_cfg_job_prints_the_recipe_values_without_the_memory_check():
+    """The issue's acceptance line, on a machine that cannot hold OPT-30B: the config prints, resolved."""
+    proc = subprocess.run([sys.executable, "-m", "zorun", "--cfg", "job", "model=opt-30b"], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "\n  lr: 1.0e-07\n" in proc.stdout and "\n  dtype: float16\n" in proc.stdout
+    assert "recipe mezo/opt-30b: MeZO large_models/README.md" in proc.stdout
+
+
+def test_every_paper_model_has_a_documented_recipe():
+    models = {p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")} - {"tiny", "smollm2-135m"}
+    recipes = Path(CONF_DIR) / "recipe"
+    assert {p.stem for p in (recipes / "mezo").glob("*.yaml")} == models
+    assert {p.stem for p in (recipes / "fo-adam").glob("*.yaml")} == {m for m in models if m.startswith("opt-")}
+    for path in recipes.glob("*/*.yaml"):
+        text = path.read_text()
+        assert "# Source: MeZO large_models/" in text and "\n# Example: zorun " in text, path
+
+
+def test_the_memory_check_runs_in_the_preflight_before_the_run_directory_exists(tmp_path, monkeypatch):
+    monkeypatch.setattr(fit, "free_bytes", lambda model: (24 * fit.GIB, "this machine's RAM"))
+    with pytest.raises(ZorunError, match=r"^model=opt-30b needs at least 55\.8 GiB"):
+        preflight(["model=opt-30b", "model.init=random", f"hydra.run.dir={tmp_path / 'run'}"], False)
+    assert not (tmp_path / "run").exists()
+    assert preflight(["model=opt-125m", "model.init=random", f"hydra.run.dir={tmp_path / 'run'}"], False) == 1
+
+
+def test_a_model_that_cannot_fit_is_refused_before_loading(tmp_path, monkeypatch):
+    """model=opt-30b model.init=random on a 24 GiB CPU box: 30B fp16 weights alone are 60 GB."""
+    monkeypatch.setattr(fit, "free_bytes", lambda model: (24 * fit.GIB, "this machine's RAM"))
+    monkeypatch.setattr("zorun.run.load_model", lambda *a: pytest.fail("the model was loaded"))
+    run = Run(compose_cfg("model=opt-30b", "model.init=random", "model.tokenizer=builtin", "task.num_train=16",
+                          "task.num_dev=4", "task.num_test=4", "logger=none"), str(tmp_path))
+    with pytest.raises(ZorunError) as err:
+        run.setup()
+    message = str(err.value)
+    assert message == ("model=opt-30b needs at least 55.8 GiB (29.97B parameters in float16) and this machine's RAM "
+                       "has 24.0 GiB free; use a smaller model, model.peft=lora or a machine with more memory")
+
+
+def test_memory_estimate_counts_weights_and_estimator_state():
+    cfg = compose_cfg("model=opt-13b")
+    params = fit.parameter_count(cfg.model)
+    assert 12.8e9 < params < 12.9e9  # OPT-13B, counted on the meta device
+    assert fit.required_bytes(cfg, params) == params * 2  # mezo in fp16 keeps no state
+    adam = compose_cfg("model=opt-13b", "estimator=zo-adam", "model.dtype=float32")
+    assert fit.required_bytes(adam, 100) == 100 * (4 + 8)  # fp32 weights + two fp32 moments
+    lora = compose_cfg("model=opt-13b", "estimator=zo-adam", "model.peft=lora")
+    assert fit.required_bytes(lora, 100) == 100 * 4  # an adapter's state is left out
+    ft = compose_cfg("model=opt-13b", "estimator=fo-adam", "model.dtype=bfloat16", "estimator.mixed_precision=none")
+    assert fit.required_bytes(ft, 100) == 100 * 2 * 4  # weights, gradient and AdamW's two moments, all bf16
+    assert fit.parameter_count(compose_cfg("model=tiny").model) > 0

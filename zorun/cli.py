@@ -115,10 +115,11 @@ def job_overrides(overrides: List[str], multirun: bool, compose) -> List[List[st
     return [job for batch in batches for job in batch]
 
 
-def preflight(overrides: List[str], multirun: bool, config_name: str = "config") -> int:
+def preflight(overrides: List[str], multirun: bool, config_name: str = "config", check_memory: bool = True) -> int:
     """Compose and validate every job; return the number of jobs. Raises on the first bad one.
 
-    config_name="metatrain" checks zorun-metatrain's config (its estimator is the teacher, not a ZO one)."""
+    config_name="metatrain" checks zorun-metatrain's config (its estimator is the teacher, not a ZO one).
+    check_memory=False (--cfg: the config is only printed) skips the memory check of a single run."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="zorun"):
@@ -144,6 +145,10 @@ def preflight(overrides: List[str], multirun: bool, config_name: str = "config")
                 from zorun.samplers.pertnn_io import check_exists
 
                 check_exists(cfg.sampler.checkpoint)
+            if check_memory and not multirun and config_name == "config":  # a grid's jobs check themselves
+                from zorun.models.fit import check_fit
+
+                check_fit(cfg)
         if sum(map(len, incompatible.values())) == len(jobs) > 0:
             raise ConfigError(f"every job of the grid is incompatible: {next(iter(incompatible))}")
         for reason, pairs in incompatible.items():
@@ -245,7 +250,7 @@ def run_app(app, config_name: str, argv: List[str], prog: str) -> None:
                 overrides = expand_resume(args.overrides, args.multirun)
                 if overrides != args.overrides:  # resume=RUN_DIR: the run's own overrides first, then these
                     argv = [a for a in argv if a not in args.overrides] + overrides
-            preflight(overrides, args.multirun, config_name)
+            preflight(overrides, args.multirun, config_name, check_memory=not args.cfg)
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
                 if config_name != "config":
                     raise ZorunError(f"{prog} runs in one process (its meta-gradient is not data-parallel); "
@@ -256,5 +261,7 @@ def run_app(app, config_name: str, argv: List[str], prog: str) -> None:
                 raise
             print(f"{prog}: error: {one_line(ex)}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
+    if args.cfg == "job" and not args.resolve:  # the values a run gets, not the recipes' ${zorun.by_peft:...}
+        argv = [*argv, "--resolve"]
     sys.argv = [sys.argv[0]] + list(argv)
     app()

@@ -132,7 +132,7 @@ class TaskConfig:
     seed: int = 0  # seed of the data sampling, independent of the run seed
     train_as_classification: bool = True  # CE over candidates; False: LM loss on the answer
     max_new_tokens: int = 50  # generation tasks
-    path: Optional[str] = None  # task=local: the user's JSONL file
+    path: Optional[str] = None  # task=local: the user's JSONL file; task=analogy: a questions-words.txt
     candidates: List[str] = field(default_factory=list)  # task=local: shared candidates
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     data_files: DataFilesConfig = field(default_factory=DataFilesConfig)  # wins over task.dataset
@@ -365,6 +365,8 @@ class RootConfig:
     # incompatible (summary.json, the report's n/a cells) instead of refusing the grid
     skip_incompatible: bool = False
     resume: Optional[str] = None  # a run directory to continue from its last checkpoint (zorun resume=DIR)
+    # where the recipe's values come from (conf/recipe/ESTIMATOR/MODEL.yaml), key by key; an override replaces the value
+    defaults_from: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -410,7 +412,23 @@ def model_name(default: str, *, _parent_: DictConfig) -> str:
     return default
 
 
-for _name, _resolver in {"zorun.preset": preset_value, "zorun.model_name": model_name}.items():
+def by_peft(full: Any, lora: Any, prefix: Any, *, _root_: DictConfig) -> Any:
+    """${zorun.by_peft:FULL,LORA,PREFIX}: a recipe's value for what model.peft trains (conf/recipe/).
+
+    MeZO tunes full-parameter, LoRA and prefix runs with different lr and eps;
+    a value set on the command line or in a sweep replaces the interpolation."""
+    return {"none": full, "lora": lora, "prefix": prefix}[getattr(_root_.model.peft, "value", _root_.model.peft)]
+
+
+def recipe_source(key: str, value: Any, source: str, *, _root_: DictConfig) -> str:
+    """${zorun.source:KEY,VALUE,SOURCE}: defaults_from's entry for KEY, SOURCE while KEY holds the recipe's VALUE."""
+    current = OmegaConf.select(_root_, key)
+    current = getattr(current, "value", current)
+    return source if current == value else f"override: {current} replaces the recipe's {value} ({source})"
+
+
+for _name, _resolver in {"zorun.preset": preset_value, "zorun.model_name": model_name,
+                         "zorun.by_peft": by_peft, "zorun.source": recipe_source}.items():
     if not OmegaConf.has_resolver(_name):  # saved run configs (.hydra/config.yaml) use them too
         OmegaConf.register_new_resolver(_name, _resolver)
 

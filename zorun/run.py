@@ -32,6 +32,7 @@ from zorun.multirun import config_hash, identity
 from zorun.models import load_model, load_tokenizer
 from zorun.export import MODEL_DIR, save_model
 from zorun.models.adapters import save_adapter
+from zorun.models.fit import check_fit
 from zorun.models.placement import input_device
 from zorun.params import ParamSpace
 from zorun.preemption import StopSignals
@@ -149,6 +150,7 @@ class Run:
     def build_model(self) -> None:
         """The model as the run starts from it, its trainable blocks, the sampler and the estimator."""
         cfg = self.cfg
+        check_fit(cfg)  # a model that cannot fit is refused before any weight loads
         self.model = load_model(cfg.model, cfg.seed)
         self.device = input_device(self.model)  # where batches go: the first device of a placed model
         self.clock.sync_cuda = self.device.type == "cuda"
