@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable
+from typing import Any, Dict, Iterable
 
 from omegaconf import DictConfig
 
@@ -24,7 +24,7 @@ LOCAL_HINT = ("give local copies with the hub's fields: task.data_files.train=FI
 
 @dataclass
 class Split:
-    rows: "datasets.Dataset"  # noqa: F821  (`datasets` is imported where a split is loaded)
+    rows: Any  # a datasets.Dataset (`datasets` is imported where a split is loaded)
     source: str  # what messages name: the file, or "<id> (<config>) <split> split"
 
 
