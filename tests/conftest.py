@@ -1,4 +1,4 @@
-"""Shared helpers: run the CLI in a subprocess, build tiny random models."""
+"""Shared helpers: compose zorun's config, run the CLI in a subprocess, build tiny random models."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hydra import compose as hydra_compose  # noqa: E402
+from hydra import initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+
+from zorun.config import register_configs  # noqa: E402
+from zorun.paths import CONF_DIR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +48,19 @@ def tiny_llama(hidden: int = 16, layers: int = 1, vocab: int = 64, seed: int = 0
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def compose_config(*overrides: str, name: str = "config", hydra: bool = False) -> DictConfig:
+    """zorun's shipped config `name` (config or metatrain) with Hydra overrides, as `zorun` composes it."""
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(name, overrides=list(overrides), return_hydra_config=hydra)
+
+
+@pytest.fixture
+def compose():
+    """compose("task=local", ..., name="config", hydra=False) -> the composed DictConfig."""
+    return compose_config
 
 
 @pytest.fixture(autouse=True)

@@ -15,11 +15,11 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from zorun.config import AdaLeZOSamplerConfig, ZOEstimatorConfig
+from zorun.config import ZOEstimatorConfig
 from zorun.estimators.base import StepResult
 from zorun.estimators.mezo import MeZO
 from zorun.params import ParamSpace
-from zorun.samplers.adalezo import AdaLeZOSampler, depth_prior, ipw_weights
+from zorun.samplers.adalezo import AdaLeZOSampler, AdaLeZOSamplerConfig, depth_prior, ipw_weights
 from zorun.samplers.uniform import UniformSampler
 from zorun.timing import Clock
 

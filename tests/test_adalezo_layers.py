@@ -12,9 +12,8 @@ import pytest
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from zorun.config import AdaLeZOSamplerConfig
 from zorun.params import ParamSpace
-from zorun.samplers.adalezo import AdaLeZOSampler
+from zorun.samplers.adalezo import AdaLeZOSampler, AdaLeZOSamplerConfig
 
 BLOCKS = 3
 DECODER = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=BLOCKS,

@@ -6,12 +6,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from zorun.config import AdaLeZOSamplerConfig
 from zorun.errors import ZorunError
 from zorun.estimators.base import StepResult
 from zorun.params import ParamSpace
-from zorun.samplers.adalezo import LOG_NAME, AdaLeZOSampler
-from zorun.samplers.adalezo_plot import plot_layer_probabilities, read_probabilities
+from zorun.samplers.adalezo import (LOG_NAME, AdaLeZOSampler, AdaLeZOSamplerConfig, plot_layer_probabilities,
+                                    read_probabilities)
 
 
 def write_log(out_dir, steps=30, layers=6):

@@ -17,12 +17,12 @@ from test_checkpoint import nan_at
 from test_resume import run_here
 from zorun import kernels
 from zorun.checkpoint import PARAMS
-from zorun.config import LDSDSamplerConfig, ZOEstimatorConfig
+from zorun.config import ZOEstimatorConfig
 from zorun.estimators.mezo import MeZO
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed
 from zorun.replay import replay, run_replay
-from zorun.samplers.ldsd import LDSDSampler, loo_baselines
+from zorun.samplers.ldsd import LDSDSampler, LDSDSamplerConfig, loo_baselines
 from zorun.timing import Clock
 from zorun.trajectory import ReplayError, decode_plan, encode_plan
 

@@ -112,15 +112,10 @@ ZO = sorted(name for name, cls in ESTIMATORS.items() if not cls.differentiable)
 
 
 @pytest.mark.parametrize("name", ZO)
-def test_every_zo_estimator_perturbs_and_updates_by_the_plan_scale(name):
+def test_every_zo_estimator_perturbs_and_updates_by_the_plan_scale(name, compose):
     """A block whose scale is 0 is neither perturbed nor updated; the others move (every ZO estimator)."""
-    from hydra import compose, initialize_config_dir
-
-    from zorun.cli import CONF_DIR
-
     kernels.select("torch")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"estimator={name}"])
+    cfg = compose(f"estimator={name}")
     model = tiny_llama(hidden=16, layers=1, vocab=64)
     space = ParamSpace.from_model(model)
     estimator = ESTIMATORS[name](cfg.estimator, space)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config
 from test_resume import assert_same_run, run_here, stop_at
 
 from zorun.cli import preflight
@@ -60,12 +61,7 @@ def test_metatrain_round_robin_then_the_networks_drive_a_zo_run(tmp_path):
 
 def tiny_space() -> ParamSpace:
     """The trainable blocks of the default model (tiny, seed 0)."""
-    from hydra import compose, initialize_config_dir
-
-    from zorun.cli import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config")
+    cfg = compose_config()
     return ParamSpace.from_model(load_model(cfg.model, 0))
 
 
@@ -103,17 +99,12 @@ def test_bad_options_are_refused_before_loading(config, overrides, message):
         preflight(overrides, multirun=False, config_name=config)
 
 
-def test_a_missing_checkpoint_is_one_line(tmp_path):
+def test_a_missing_checkpoint_is_one_line(tmp_path, compose):
     """Raised as a ZorunError at setup, which the CLI prints as `zorun: error: <line>` with exit 2."""
-    from hydra import compose, initialize_config_dir
-
-    from zorun.cli import CONF_DIR
-    from zorun.errors import ZorunError
     from zorun.run import Run
 
     missing = tmp_path / "none.safetensors"
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["sampler=pertnn", f"sampler.checkpoint={missing}", *SMALL, "logger=none"])
+    cfg = compose("sampler=pertnn", f"sampler.checkpoint={missing}", *SMALL, "logger=none")
     with pytest.raises(ZorunError) as err:
         Run(cfg, str(tmp_path / "run")).setup()
     assert str(err.value) == (f"sampler.checkpoint={missing} does not exist; meta-train networks with zorun-metatrain, "

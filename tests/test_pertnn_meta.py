@@ -61,19 +61,15 @@ def test_single_backward_meta_gradient_equals_autograd_through_the_update():
         torch.testing.assert_close(identity[k], p.grad, rtol=1e-5, atol=1e-5 * float(p.grad.abs().max()))  # measured: <= 2e-7 of the max
 
 
-def test_meta_training_lowers_the_meta_loss_of_the_networks(tmp_path):
+def test_meta_training_lowers_the_meta_loss_of_the_networks(tmp_path, compose):
     """A short meta-training run (tiny model, synthetic task, 16 meta-steps with a restart): at the base
     weights, on 4 fixed batches and 16 fixed seeds, the trained networks' one-step-ahead meta-loss is lower
     than the initial networks' (paired; deterministic on CPU). A wrong-signed meta-gradient raises it."""
-    from hydra import compose, initialize_config_dir
-
-    from zorun.cli import CONF_DIR
     from zorun.metatrain import MetaTrainer
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("metatrain", overrides=["task.num_train=64", "task.num_dev=8", "task.num_test=8",
-                                              "metatrain.epochs=2", "metatrain.epochs_per_restart=1",
-                                              "metatrain.eta_meta=2e-4", "metatrain.lr_mlp=3", "estimator.lr=1e-3"])
+    cfg = compose("task.num_train=64", "task.num_dev=8", "task.num_test=8", "metatrain.epochs=2",
+                  "metatrain.epochs_per_restart=1", "metatrain.eta_meta=2e-4", "metatrain.lr_mlp=3",
+                  "estimator.lr=1e-3", name="metatrain")
     trainer = MetaTrainer(cfg, str(tmp_path))
     trainer.setup()
     run = trainer.run

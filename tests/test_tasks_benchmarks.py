@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from zorun.cli import CONF_DIR
+from conftest import compose_config
 from zorun.config import ConfigError, validate
 from zorun.errors import ZorunError
 from zorun.run import Run
@@ -105,10 +104,8 @@ def hub_files(tmp_path: Path, task: str, n_train: int = 12):
 
 
 def task_cfg(task: str, train_file: str, val_file: str, *extra: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"task={task}", f"task.data_files.train={train_file}",
-                                           f"task.data_files.validation={val_file}", "task.num_train=6",
-                                           "task.num_dev=3", *extra])
+    cfg = compose_config(f"task={task}", f"task.data_files.train={train_file}",
+                         f"task.data_files.validation={val_file}", "task.num_train=6", "task.num_dev=3", *extra)
     validate(cfg)
     return cfg
 
@@ -197,8 +194,7 @@ def test_empty_split_and_unreadable_files(tmp_path):
     assert "task.data_files.train=" in one_line_error(build_task, cfg.task)
     cfg = task_cfg("rte", str(tmp_path / "train.txt"), str(tmp_path / "val.jsonl"))
     assert "unknown format '.txt'" in one_line_error(build_task, cfg.task)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["task=rte", f"task.data_files.train={tmp_path / 'train.jsonl'}"])
+    cfg = compose_config("task=rte", f"task.data_files.train={tmp_path / 'train.jsonl'}")
     assert "task.data_files.validation is not set" in one_line_error(build_task, cfg.task)
 
 

@@ -6,10 +6,8 @@ import json
 import logging
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from conftest import read_summary
-from zorun.cli import CONF_DIR
+from conftest import compose_config, read_summary
 from zorun.errors import ZorunError
 from zorun.tasks import build_task
 
@@ -21,8 +19,7 @@ def write_lines(path, n: int):
 
 
 def task_cfg(path, *overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=["task=local", f"task.path={path}", *overrides]).task
+    return compose_config("task=local", f"task.path={path}", *overrides).task
 
 
 def sizes(task):

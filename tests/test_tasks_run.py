@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import datasets
-from hydra import compose, initialize_config_dir
 
-from zorun.cli import CONF_DIR
+from conftest import compose_config
 from zorun.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,9 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_run(tmp_path, *overrides) -> Run:
     """A set-up Run, on the synthetic task unless the overrides choose another."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["task.num_train=32", "task.num_dev=8", "task.num_test=8", "budget=smoke",
-                                           "logger.progress=false", *overrides])
+    cfg = compose_config("task.num_train=32", "task.num_dev=8", "task.num_test=8", "budget=smoke",
+                         "logger.progress=false", *overrides)
     run = Run(cfg, str(tmp_path))
     run.setup()
     return run

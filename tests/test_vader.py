@@ -5,10 +5,8 @@ from __future__ import annotations
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from conftest import read_summary
-from zorun.cli import CONF_DIR
+from conftest import compose_config, read_summary
 from zorun.config import validate
 from zorun.errors import ConfigError, ZorunError
 from zorun.tasks import build_task, vader
@@ -17,8 +15,7 @@ SIZES = ("task.num_train=40", "task.num_dev=20", "task.num_test=30")
 
 
 def vader_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["task=vader", *SIZES, *overrides])
+    cfg = compose_config("task=vader", *SIZES, *overrides)
     validate(cfg)
     return cfg.task
 

@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from zorun.config import ConfigError, register_configs, validate, validate_metatrain
 from zorun.errors import ZorunError
 from zorun.multirun import incompatibility, register_sweeps, sweeps_dir
+from zorun.paths import CONF_DIR
 from zorun.resume import expand_resume
 from zorun.safety import check_targets
 from zorun.tracking.files import check_writable
@@ -33,16 +34,6 @@ GROUPS = ("model", "task", "estimator", "sampler", "budget", "logger")
 EXIT_USAGE = 2
 
 
-def config_dir() -> str:
-    """conf/ inside the installed package (wheel), else the repository's top-level conf/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError("zorun's config directory (conf/config.yaml) is missing from the installation")
-
-
-CONF_DIR = config_dir()
 register_configs()
 register_sweeps()
 

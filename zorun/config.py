@@ -1,9 +1,11 @@
-"""Dataclass schemas for every config group, registered with Hydra's ConfigStore.
+"""The root schema and the schemas every run shares, registered with Hydra's ConfigStore.
 
 Each YAML file in ``conf/<group>/`` starts its defaults list with
 ``/schema/<group>/<schema>@_here_``, so OmegaConf checks types, enum values
-and unknown keys while Hydra composes. Ranges (lr > 0, ...) cannot be
-expressed as types; :func:`validate` checks them before any model loads.
+and unknown keys while Hydra composes. A sampler's schema lives in its own
+module (``zorun/samplers/<option>.py``) and is stored there. Ranges (lr > 0,
+...) cannot be expressed as types; :func:`validate` checks them before any
+model loads, asking each sampler and task module for its own.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from zorun.errors import ConfigError
+from zorun.errors import ConfigError, require
 
 
 class DType(str, Enum):
@@ -238,58 +240,6 @@ ESTIMATOR_SCHEMAS = {
 }
 
 
-@dataclass
-class SamplerConfig:
-    name: str = "uniform"
-
-
-@dataclass
-class AdaLeZOSamplerConfig(SamplerConfig):
-    """sampler=adalezo (zorun/samplers/adalezo.py); defaults from ALGORITHMS.md."""
-
-    name: str = "adalezo"
-    k_ratio: float = 0.2  # draws per step k = max(1, floor(k_ratio * number of layers))
-    tau: float = 0.2  # softmax temperature over the max-normalised EMA rewards
-    gamma: float = 0.01  # uniform floor: every layer keeps probability >= gamma / N
-    ema_alpha: float = 0.1  # EMA rate of the reward |g|
-    ipw_clip: float = 10.0  # cap on 1/(k*p_l); inf: no cap, exactly unbiased
-    interval: int = 1  # redraw the active layers every `interval` steps
-    warm_start: bool = False  # start with the policy biased to the deepest 40% of layers
-
-
-class MeanInit(str, Enum):
-    zero = "zero"  # μ_0 = 0: the first steps sample as the uniform sampler does
-    random = "random"  # μ_0 = a random unit vector per block (the public code's alternative)
-
-
-@dataclass
-class LDSDSamplerConfig(SamplerConfig):
-    """sampler=ldsd (zorun/samplers/ldsd.py); defaults from the public script (ALGORITHMS.md)."""
-
-    name: str = "ldsd"
-    k: int = 5  # K candidate directions per step, best of K (K + 2 forward passes)
-    sigma: float = 1.0  # policy std: directions z ~ N(μ, σ²I)
-    lr_mu: float = 4e-2  # η_μ: learning rate of the REINFORCE step on μ (0: best-of-K without learning)
-    mu_init: MeanInit = MeanInit.zero
-    mean_fraction: float = 1.0  # share of the blocks that keep a learned mean (random fixed subset); others μ = 0
-    cosine_every: int = 0  # log cos(μ, −∇L) every n steps, ∇L by autograd (a backward pass; small models); 0: never
-
-
-@dataclass
-class PertNNSamplerConfig(SamplerConfig):
-    """sampler=pertnn (zorun/samplers/pertnn.py): ZO Fine-tuner's learned per-block perturbation scales."""
-
-    name: str = "pertnn"
-    # trained networks (safetensors, see docs/pertnn.md); null: freshly initialised ones (meta-training only)
-    checkpoint: Optional[str] = None
-    rename: List[str] = field(default_factory=list)  # "REGEX=>REPLACEMENT" rules: model block name -> checkpoint name
-    normalize: bool = True  # trace-preserving normalisation: sum_b d_b (f sigma_b)^2 = sum_b d_b
-    embed_tokens: int = 15  # embedding matrices count as d_b = hidden x embed_tokens x batch_size (the reference's 15)
-    batch_size: int = 8  # the embedding rule's batch size (the YAML ties it to budget.batch_size)
-    log_every: int = 10  # steps between the per-block sigma records of pertnn.jsonl
-    init_seed: int = 0  # seed of freshly initialised networks (checkpoint=null)
-
-
 class Selection(str, Enum):
     """Which evaluated step the run reports as its result (summary.json's `selected`)."""
 
@@ -371,7 +321,7 @@ class RootConfig:
 
 @dataclass
 class MetaTrainConfig:
-    """zorun-metatrain (zorun/metatrain.py): PertNN meta-training; defaults from ALGORITHMS.md."""
+    """zorun-metatrain (zorun/metatrain.py): PertNN meta-training; defaults are the paper's (docs/pertnn.md)."""
 
     epochs: int = 20  # an epoch: one pass over the first task's training set (the others cycle alongside)
     epochs_per_restart: int = 4  # reset θ to the base model and the teacher's momentum every this many epochs
@@ -434,6 +384,9 @@ for _name, _resolver in {"zorun.preset": preset_value, "zorun.model_name": model
 
 
 def register_configs() -> None:
+    """Store every schema the YAMLs under conf/ compose onto (the samplers store their own when imported)."""
+    import zorun.samplers  # noqa: F401  imported here, not at the top: it loads torch, which the report does not need
+
     cs = ConfigStore.instance()
     cs.store(name="zorun_schema", node=RootConfig)
     cs.store(name="zorun_metatrain_schema", node=MetaTrainRootConfig)
@@ -441,63 +394,52 @@ def register_configs() -> None:
         "model": ModelConfig,
         "task": TaskConfig,
         "estimator": EstimatorConfig,
-        "sampler": SamplerConfig,
         "budget": BudgetConfig,
         "logger": LoggerConfig,
     }.items():
         cs.store(group=f"schema/{group}", name="base", node=node)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
-    cs.store(group="schema/sampler", name="adalezo", node=AdaLeZOSamplerConfig)
-    cs.store(group="schema/sampler", name="ldsd", node=LDSDSamplerConfig)
-    cs.store(group="schema/sampler", name="pertnn", node=PertNNSamplerConfig)
     for name, node in ESTIMATOR_SCHEMAS.items():
         cs.store(group="schema/estimator", name=name, node=node)
-
-
-def _require(ok: bool, key: str, value: Any, rule: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value} is out of range: {rule}")
 
 
 def validate(cfg: DictConfig) -> None:
     """Range and combination checks that types cannot express. Raises ConfigError."""
     est, bud, task = cfg.estimator, cfg.budget, cfg.task
     _validate_estimator(est)
-    _require(bud.steps >= 0, "budget.steps", bud.steps, "it must be >= 0")
-    _require(bud.epochs >= 0, "budget.epochs", bud.epochs, "it must be >= 0 (0: budget.steps counts)")
-    _require(bud.batch_size >= 1, "budget.batch_size", bud.batch_size, "it must be >= 1")
-    _require(bud.eval_batch_size >= 1, "budget.eval_batch_size", bud.eval_batch_size, "it must be >= 1")
-    _require(bud.eval_every >= 0, "budget.eval_every", bud.eval_every, "it must be >= 0 (0: only at start and end)")
-    _require(bud.log_every >= 1, "budget.log_every", bud.log_every, "it must be >= 1")
-    _require(bud.time_limit_s >= 0, "budget.time_limit_s", bud.time_limit_s, "it must be >= 0 (0: none)")
-    _require(bud.checkpoint_every >= 0, "budget.checkpoint_every", bud.checkpoint_every,
-             "it must be >= 0 (0: checkpoint only when stopped)")
-    _require(bud.keep_checkpoints >= 1, "budget.keep_checkpoints", bud.keep_checkpoints, "it must be >= 1")
-    _require(bud.max_eval_examples >= 0, "budget.max_eval_examples", bud.max_eval_examples, "it must be >= 0 (0: no cap)")
+    require(bud.steps >= 0, "budget.steps", bud.steps, "it must be >= 0")
+    require(bud.epochs >= 0, "budget.epochs", bud.epochs, "it must be >= 0 (0: budget.steps counts)")
+    require(bud.batch_size >= 1, "budget.batch_size", bud.batch_size, "it must be >= 1")
+    require(bud.eval_batch_size >= 1, "budget.eval_batch_size", bud.eval_batch_size, "it must be >= 1")
+    require(bud.eval_every >= 0, "budget.eval_every", bud.eval_every, "it must be >= 0 (0: only at start and end)")
+    require(bud.log_every >= 1, "budget.log_every", bud.log_every, "it must be >= 1")
+    require(bud.time_limit_s >= 0, "budget.time_limit_s", bud.time_limit_s, "it must be >= 0 (0: none)")
+    require(bud.checkpoint_every >= 0, "budget.checkpoint_every", bud.checkpoint_every,
+            "it must be >= 0 (0: checkpoint only when stopped)")
+    require(bud.keep_checkpoints >= 1, "budget.keep_checkpoints", bud.keep_checkpoints, "it must be >= 1")
+    require(bud.max_eval_examples >= 0, "budget.max_eval_examples", bud.max_eval_examples, "it must be >= 0 (0: no cap)")
     peft = getattr(cfg.model.peft, "value", cfg.model.peft)
     if bud.save_merged and peft != "lora":
         raise ConfigError(f"budget.save_merged=true merges a LoRA adapter into the weights, and model.peft={peft} "
                           f"has none to merge; drop budget.save_merged or use model.peft=lora")
-    _require(bud.max_nonfinite_skips >= 1, "budget.max_nonfinite_skips", bud.max_nonfinite_skips, "it must be >= 1")
+    require(bud.max_nonfinite_skips >= 1, "budget.max_nonfinite_skips", bud.max_nonfinite_skips, "it must be >= 1")
     for split in ("num_train", "num_dev", "num_test"):
-        _require(task[split] >= 0, f"task.{split}", task[split], "it must be >= 0")
-    _require(task.icl_demos >= 0, "task.icl_demos", task.icl_demos, "it must be >= 0")
+        require(task[split] >= 0, f"task.{split}", task[split], "it must be >= 0")
+    require(task.icl_demos >= 0, "task.icl_demos", task.icl_demos, "it must be >= 0")
     if task.icl_sampling == IclSampling.fixed:
-        _require(task.icl_demos <= task.num_train, "task.icl_demos", task.icl_demos,
-                 f"task.icl_sampling=fixed shows the first training examples, and task.num_train={task.num_train}")
-    _require(task.max_new_tokens >= 1, "task.max_new_tokens", task.max_new_tokens, "it must be >= 1")
-    _require(cfg.model.max_length >= 8, "model.max_length", cfg.model.max_length, "it must be >= 8")
-    if cfg.sampler.name == "adalezo":
-        _validate_adalezo(cfg.sampler)
-    if cfg.sampler.name == "ldsd":
-        _validate_ldsd(cfg.sampler)
-    if cfg.sampler.name == "pertnn":
-        _validate_pertnn(cfg.sampler)
+        require(task.icl_demos <= task.num_train, "task.icl_demos", task.icl_demos,
+                f"task.icl_sampling=fixed shows the first training examples, and task.num_train={task.num_train}")
+    require(task.max_new_tokens >= 1, "task.max_new_tokens", task.max_new_tokens, "it must be >= 1")
+    require(cfg.model.max_length >= 8, "model.max_length", cfg.model.max_length, "it must be >= 8")
+    # The method modules load torch, so they are imported here, not at the top (the report imports this module).
+    from zorun.registry import sampler_class
+    from zorun.tasks.registry import check_task
+
+    sampler_class(cfg.sampler.name).check(cfg.sampler)
     _validate_model(cfg.model)
     if cfg.model.init == ModelInit.random and not cfg.model.arch:
         raise ConfigError(f"model.init=random needs model.arch fields, and model={cfg.model.name} has none")
-    if task.name == "local" and not task.path:
-        raise ConfigError("task=local needs task.path=FILE.jsonl (one JSON object per line)")
+    check_task(task)
 
 
 def _validate_model(m: DictConfig) -> None:
@@ -513,46 +455,28 @@ def _validate_model(m: DictConfig) -> None:
         from zorun.models.gguf import check_file
 
         check_file(Path(m.gguf_file).expanduser())
-    _require(m.lora.r >= 1, "model.lora.r", m.lora.r, "it must be >= 1")
-    _require(m.lora.alpha > 0, "model.lora.alpha", m.lora.alpha, "it must be > 0")
-    _require(0 <= m.lora.dropout < 1, "model.lora.dropout", m.lora.dropout, "it must be in [0, 1)")
-    _require(m.prefix.num_virtual_tokens >= 1, "model.prefix.num_virtual_tokens", m.prefix.num_virtual_tokens,
-             "it must be >= 1")
+    require(m.lora.r >= 1, "model.lora.r", m.lora.r, "it must be >= 1")
+    require(m.lora.alpha > 0, "model.lora.alpha", m.lora.alpha, "it must be > 0")
+    require(0 <= m.lora.dropout < 1, "model.lora.dropout", m.lora.dropout, "it must be in [0, 1)")
+    require(m.prefix.num_virtual_tokens >= 1, "model.prefix.num_virtual_tokens", m.prefix.num_virtual_tokens,
+            "it must be >= 1")
     if m.device_map is not None:
-        _require(m.device_map in DEVICE_MAPS, "model.device_map", m.device_map,
-                 f"choose one of {', '.join(DEVICE_MAPS)} (accelerate's strategies), or null for one device")
+        require(m.device_map in DEVICE_MAPS, "model.device_map", m.device_map,
+                f"choose one of {', '.join(DEVICE_MAPS)} (accelerate's strategies), or null for one device")
         if m.device != "auto":
             raise ConfigError(f"model.device_map={m.device_map} places the model over every visible GPU, so "
                               f"model.device={m.device} cannot apply; drop one of them (CUDA_VISIBLE_DEVICES picks GPUs)")
 
 
-def _validate_adalezo(s: DictConfig) -> None:
-    _require(0 < s.k_ratio <= 1, "sampler.k_ratio", s.k_ratio, "it must be in (0, 1]: the fraction of layers drawn per step")
-    _require(s.tau > 0, "sampler.tau", s.tau, "it must be > 0 (large values give a uniform policy)")
-    _require(0 <= s.gamma <= 1, "sampler.gamma", s.gamma, "it must be in [0, 1]")
-    _require(0 < s.ema_alpha <= 1, "sampler.ema_alpha", s.ema_alpha, "it must be in (0, 1]")
-    _require(s.ipw_clip > 0, "sampler.ipw_clip", s.ipw_clip, "it must be > 0 (inf: no clip)")
-    _require(s.interval >= 1, "sampler.interval", s.interval, "it must be >= 1")
-
-
-def _validate_ldsd(s: DictConfig) -> None:
-    _require(s.k >= 2, "sampler.k", s.k, "it must be >= 2 (the leave-one-out baseline needs two candidates)")
-    _require(s.sigma > 0, "sampler.sigma", s.sigma, "it must be > 0 (the policy's standard deviation)")
-    _require(s.lr_mu >= 0, "sampler.lr_mu", s.lr_mu, "it must be >= 0 (0: best of K, no learned mean)")
-    _require(0 < s.mean_fraction <= 1, "sampler.mean_fraction", s.mean_fraction,
-             "it must be in (0, 1]: the share of blocks with a learned mean")
-    _require(s.cosine_every >= 0, "sampler.cosine_every", s.cosine_every, "it must be >= 0 (0: never)")
-
-
 def validate_metatrain(cfg: DictConfig) -> None:
     """The meta-training keys; the rest of the config is checked by validate()."""
     m = cfg.metatrain
-    _require(m.epochs >= 1, "metatrain.epochs", m.epochs, "it must be >= 1")
-    _require(m.epochs_per_restart >= 1, "metatrain.epochs_per_restart", m.epochs_per_restart, "it must be >= 1")
-    _require(m.eta_meta > 0, "metatrain.eta_meta", m.eta_meta, "it must be > 0")
-    _require(m.lr_mlp > 0, "metatrain.lr_mlp", m.lr_mlp, "it must be > 0")
-    _require(m.eps > 0, "metatrain.eps", m.eps, "it must be > 0")
-    _require(m.log_every >= 1, "metatrain.log_every", m.log_every, "it must be >= 1")
+    require(m.epochs >= 1, "metatrain.epochs", m.epochs, "it must be >= 1")
+    require(m.epochs_per_restart >= 1, "metatrain.epochs_per_restart", m.epochs_per_restart, "it must be >= 1")
+    require(m.eta_meta > 0, "metatrain.eta_meta", m.eta_meta, "it must be > 0")
+    require(m.lr_mlp > 0, "metatrain.lr_mlp", m.lr_mlp, "it must be > 0")
+    require(m.eps > 0, "metatrain.eps", m.eps, "it must be > 0")
+    require(m.log_every >= 1, "metatrain.log_every", m.log_every, "it must be >= 1")
     if cfg.estimator.name not in ("fo-sgd", "fo-adam"):
         raise ConfigError(f"the teacher trajectory is first-order: estimator=fo-sgd (the paper's, momentum 0.8) or "
                           f"fo-adam; got estimator={cfg.estimator.name}")
@@ -561,20 +485,12 @@ def validate_metatrain(cfg: DictConfig) -> None:
                           "use kernels=torch or auto")
 
 
-def _validate_pertnn(s: DictConfig) -> None:
-    _require(s.embed_tokens >= 1, "sampler.embed_tokens", s.embed_tokens, "it must be >= 1")
-    _require(s.batch_size >= 1, "sampler.batch_size", s.batch_size, "it must be >= 1")
-    _require(s.log_every >= 1, "sampler.log_every", s.log_every, "it must be >= 1")
-    for rule in s.rename:
-        _require("=>" in rule, "sampler.rename", rule, "each rule is 'REGEX=>REPLACEMENT'")
-
-
 def _validate_estimator(est: DictConfig) -> None:
     """Ranges of the estimator fields; a field is checked where the estimator's schema has it."""
-    _require(est.lr > 0, "estimator.lr", est.lr, "it must be > 0")
-    _require(est.weight_decay >= 0, "estimator.weight_decay", est.weight_decay, "it must be >= 0")
-    _require(est.warmup_steps >= 0, "estimator.warmup_steps", est.warmup_steps, "it must be >= 0")
-    _require(0 <= est.min_lr_ratio <= 1, "estimator.min_lr_ratio", est.min_lr_ratio, "it must be in [0, 1]")
+    require(est.lr > 0, "estimator.lr", est.lr, "it must be > 0")
+    require(est.weight_decay >= 0, "estimator.weight_decay", est.weight_decay, "it must be >= 0")
+    require(est.warmup_steps >= 0, "estimator.warmup_steps", est.warmup_steps, "it must be >= 0")
+    require(0 <= est.min_lr_ratio <= 1, "estimator.min_lr_ratio", est.min_lr_ratio, "it must be in [0, 1]")
     rules = {
         "eps": (lambda x: x > 0, "it must be > 0"),
         "q": (lambda x: x >= 1, "it must be >= 1"),
@@ -589,4 +505,4 @@ def _validate_estimator(est: DictConfig) -> None:
     }
     for key, (ok, rule) in rules.items():
         if key in est:
-            _require(ok(est[key]), f"estimator.{key}", est[key], rule)
+            require(ok(est[key]), f"estimator.{key}", est[key], rule)

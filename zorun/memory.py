@@ -21,6 +21,9 @@ from typing import Dict, Iterable, List
 
 import torch
 
+from zorun.config import register_configs
+from zorun.paths import CONF_DIR
+
 
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
@@ -58,10 +61,10 @@ def measure(mode: str, overrides: List[str]) -> Dict[str, float]:
     """
     from hydra import compose, initialize_config_dir
 
-    from zorun.cli import CONF_DIR
     from zorun.run import Run
     from zorun.timing import Clock
 
+    register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     run = Run(cfg, tempfile.mkdtemp(prefix="zorun-mem-"))
@@ -84,12 +87,12 @@ def measure_metatrain(mode: str, overrides: List[str]) -> Dict[str, float]:
     momentum exists), the peak of one `teacher` step alone, or of one whole `metatrain` iteration."""
     from hydra import compose, initialize_config_dir
 
-    from zorun.cli import CONF_DIR
     from zorun.metatrain import MetaTrainer
     from zorun.plan import mix_seed
     from zorun.samplers.pertnn_meta import History
     from zorun.timing import Clock
 
+    register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("metatrain", overrides=overrides)
     trainer = MetaTrainer(cfg, tempfile.mkdtemp(prefix="zorun-mem-"))

@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig
 
 from zorun import kernels
-from zorun.cli import CONF_DIR
+from zorun.paths import CONF_DIR
 from zorun.errors import ZorunError
 from zorun.memory import peak_bytes
 from zorun.models import load_tokenizer

@@ -1,7 +1,7 @@
 """sampler=adalezo: a bandit picks the layers to perturb; inverse-probability weights keep ĝ unbiased.
 
 AdaLeZO (Wang et al., "Universally Empowering Zeroth-Order Optimization via
-Adaptive Layer-wise Sampling", ACL Findings 2026), as in ALGORITHMS.md:
+Adaptive Layer-wise Sampling", ACL Findings 2026; docs/methods.md, docs/adalezo.md):
 
     p = (1 − γ)·softmax(ŝ/τ) + γ/N,  ŝ = r / max(r) if max(r) > 1e-6 else r
     k = max(1, ⌊k_ratio·N⌋) i.i.d. draws from p with replacement; A = distinct layers,
@@ -14,24 +14,44 @@ fused update. Because E[c_l] = k·p_l, E[w_l·1(l ∈ A)] = 1 without the clip:
 E[w_l·g·z_l] is MeZO's E[g·z_l] for every layer, drawn this step or not.
 
 The draws use their own torch.Generator (seeded from the run seed), so a run
-is reproducible and state_dict() captures everything a resume needs.
+is reproducible and state_dict() captures everything a resume needs. Each
+step's draw goes to <run dir>/adalezo.jsonl; :meth:`AdaLeZOSampler.plot_log`
+draws it as the sweep report's heat map.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
+from zorun.errors import ZorunError, require
 from zorun.estimators.base import StepResult
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed
-from zorun.samplers.base import Sampler
+from zorun.samplers.base import Sampler, SamplerConfig, register
 
 LOG_NAME = "adalezo.jsonl"
 WARM_FRACTION = 0.4  # warm_start favours the deepest 40% of layers (as the authors' code)
+
+
+@dataclass
+class AdaLeZOSamplerConfig(SamplerConfig):
+    """sampler=adalezo; defaults are the paper's."""
+
+    name: str = "adalezo"
+    k_ratio: float = 0.2  # draws per step k = max(1, floor(k_ratio * number of layers))
+    tau: float = 0.2  # softmax temperature over the max-normalised EMA rewards
+    gamma: float = 0.01  # uniform floor: every layer keeps probability >= gamma / N
+    ema_alpha: float = 0.1  # EMA rate of the reward |g|
+    ipw_clip: float = 10.0  # cap on 1/(k*p_l); inf: no cap, exactly unbiased
+    interval: int = 1  # redraw the active layers every `interval` steps
+    warm_start: bool = False  # start with the policy biased to the deepest 40% of layers
 
 
 def depth_prior(num_layers: int) -> torch.Tensor:
@@ -66,9 +86,24 @@ class Draw:
         return self.counts.nonzero().flatten()
 
 
+@register(AdaLeZOSamplerConfig)
 class AdaLeZOSampler(Sampler):
     name = "adalezo"
     log_name = LOG_NAME
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        require(0 < cfg.k_ratio <= 1, "sampler.k_ratio", cfg.k_ratio,
+                "it must be in (0, 1]: the fraction of layers drawn per step")
+        require(cfg.tau > 0, "sampler.tau", cfg.tau, "it must be > 0 (large values give a uniform policy)")
+        require(0 <= cfg.gamma <= 1, "sampler.gamma", cfg.gamma, "it must be in [0, 1]")
+        require(0 < cfg.ema_alpha <= 1, "sampler.ema_alpha", cfg.ema_alpha, "it must be in (0, 1]")
+        require(cfg.ipw_clip > 0, "sampler.ipw_clip", cfg.ipw_clip, "it must be > 0 (inf: no clip)")
+        require(cfg.interval >= 1, "sampler.interval", cfg.interval, "it must be >= 1")
+
+    @classmethod
+    def plot_log(cls, log_path, png_path) -> Path:
+        return plot_layer_probabilities(log_path, png_path)
 
     def __init__(self, cfg, space: ParamSpace, seed: int):
         super().__init__(cfg, space, seed)
@@ -145,7 +180,6 @@ class AdaLeZOSampler(Sampler):
         return {"active_layers": int(active.numel()),
                 "active_numel_frac": float(self.layer_numel[active].sum() / self.layer_numel.sum())}
 
-
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
         draw = self.draw
@@ -170,3 +204,48 @@ class AdaLeZOSampler(Sampler):
 def _rounded(values: torch.Tensor) -> List[float]:
     """Six significant digits: enough for plots, and keeps a long run's log small."""
     return [float(f"{v:.6g}") for v in values.tolist()]
+
+
+# ------------------------------------------------------------------ the log's figure
+
+def read_probabilities(jsonl_path) -> Tuple[np.ndarray, np.ndarray]:
+    """(steps, probs) with probs of shape (steps, layers), from adalezo.jsonl."""
+    path = Path(jsonl_path)
+    if not path.is_file():
+        raise ZorunError(f"{path} does not exist; it is written by runs with sampler=adalezo")
+    steps, probs = [], []
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                steps.append(int(record["step"]))
+                probs.append([float(p) for p in record["probs"]])
+            except (ValueError, KeyError, TypeError) as err:
+                raise ZorunError(f"{path}:{number} is not an adalezo.jsonl record ({type(err).__name__}: {err})") from err
+    if not steps:
+        raise ZorunError(f"{path} has no steps; the run stopped before its first training step")
+    if len({len(p) for p in probs}) != 1:
+        raise ZorunError(f"{path} mixes records with different numbers of layers; was it appended to by two runs?")
+    return np.asarray(steps), np.asarray(probs)
+
+
+def plot_layer_probabilities(jsonl_path, png_path) -> Path:
+    """Write a heat map (x: step, y: layer, colour: p_l of the step's draw) to png_path; return it."""
+    steps, probs = read_probabilities(jsonl_path)
+    from matplotlib.figure import Figure  # the report's plotting library, not needed to train
+
+    n_layers = probs.shape[1]
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(probs.T, aspect="auto", origin="lower", interpolation="nearest", cmap="viridis",
+                      extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, n_layers - 0.5))
+    ax.set_xlabel("step")
+    ax.set_ylabel("layer (0 = embeddings,\nlast = final norm / head)")
+    ax.set_title(f"AdaLeZO layer probabilities ({Path(jsonl_path).parent.name})", fontsize=9)
+    fig.colorbar(image, ax=ax, label="$p_l$")
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=120)
+    return png_path

@@ -1,23 +1,76 @@
-"""The sampler interface: decide each step's Plan, learn from its result."""
+"""The sampler interface: decide each step's Plan, learn from its result; and the table of samplers.
+
+Each ``samplers/<option>.py`` holds its config schema, its range checks, the
+combinations it refuses and its class, and adds itself to :data:`SAMPLERS`
+with :func:`register`; importing :mod:`zorun.samplers` imports them all.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Type
 
 import torch
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from zorun.estimators.base import StepResult
+from zorun.errors import ConfigError
+from zorun.estimators.base import Estimator, StepResult
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed
 from zorun.tracking import MetricsWriter
+
+
+@dataclass
+class SamplerConfig:
+    """Fields every sampler has; each sampler's schema adds its own (``/schema/sampler/<option>``)."""
+
+    name: str = "uniform"
+
+
+ConfigStore.instance().store(group="schema/sampler", name="base", node=SamplerConfig)
+
+SAMPLERS: Dict[str, Type["Sampler"]] = {}  # option name -> class
+# Options whose Plan is every block at scale 1 and weight 1: the only ones a first-order
+# (gradient) estimator can honour, since it has no direction distribution to shape.
+GRADIENT_SAMPLERS: Set[str] = set()
+
+
+def register(schema: type, gradient_ok: bool = False) -> Callable[[Type["Sampler"]], Type["Sampler"]]:
+    """Class decorator: sampler=<cls.name> builds cls, and its YAML composes onto ``/schema/sampler/<cls.name>``."""
+
+    def add(cls: Type[Sampler]) -> Type[Sampler]:
+        SAMPLERS[cls.name] = cls
+        if gradient_ok:
+            GRADIENT_SAMPLERS.add(cls.name)
+        ConfigStore.instance().store(group="schema/sampler", name=cls.name, node=schema)
+        return cls
+
+    return add
 
 
 class Sampler:
     """Samplers never touch parameters; the kernels execute their Plans."""
 
     name = "base"
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> None:
+        """Range checks of the `sampler` node that types cannot express (before any model loads)."""
+
+    @classmethod
+    def refuse(cls, cfg: DictConfig, estimators: Mapping[str, Type[Estimator]]) -> None:
+        """Raise ConfigError when this sampler cannot run with cfg's estimator (`estimators`: option -> class)."""
+        if estimators[cfg.estimator.name].differentiable and cfg.sampler.name not in GRADIENT_SAMPLERS:
+            raise ConfigError(f"estimator={cfg.estimator.name} uses exact gradients, so sampler={cfg.sampler.name}'s "
+                              f"direction distribution means nothing to it; use sampler="
+                              f"{' or '.join(sorted(GRADIENT_SAMPLERS))}, or a ZO estimator")
+
+    @classmethod
+    def plot_log(cls, log_path: Path, png_path: Path) -> Optional[Path]:
+        """A figure of a finished run's `log_name` log for the sweep report, written to png_path; None: no figure."""
+        return None
     # True when a Plan carries sampler state the trajectory log does not hold (LDSD's mean): a replay
     # then rebuilds that state step by step through complete() and learn() (see zorun.replay).
     replays_state = False

@@ -1,7 +1,7 @@
 """sampler=ldsd: directions from a learned Gaussian policy N(μ, σ²I), best of K, μ trained by REINFORCE.
 
 LDSD (Parfenov et al., "Zero-Order Optimization for LLM Fine-Tuning via
-Learnable Direction Sampling", 2026), as in ALGORITHMS.md. Per step, with
+Learnable Direction Sampling", 2026; docs/methods.md, docs/ldsd.md). Per step, with
 d_i = μ + σ·ζ_i the K candidate directions (ζ_i ~ N(0, I) from seed s_i):
 
     f_i = L(θ + ε·d_i)                          one-sided, restored after each
@@ -27,17 +27,38 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Dict, List, Mapping, Optional, Type
 
 import torch
 
 from zorun import kernels
-from zorun.estimators.base import StepResult, copy_into, nbytes
+from zorun.errors import ConfigError, require
+from zorun.estimators.base import Estimator, StepResult, copy_into, nbytes
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed
-from zorun.samplers.base import Sampler
+from zorun.samplers.base import Sampler, SamplerConfig, register
 
 LOG_NAME = "ldsd.jsonl"
+
+
+class MeanInit(str, Enum):
+    zero = "zero"  # μ_0 = 0: the first steps sample as the uniform sampler does
+    random = "random"  # μ_0 = a random unit vector per block (the public code's alternative)
+
+
+@dataclass
+class LDSDSamplerConfig(SamplerConfig):
+    """sampler=ldsd; defaults are the public script's."""
+
+    name: str = "ldsd"
+    k: int = 5  # K candidate directions per step, best of K (K + 2 forward passes)
+    sigma: float = 1.0  # policy std: directions z ~ N(μ, σ²I)
+    lr_mu: float = 4e-2  # η_μ: learning rate of the REINFORCE step on μ (0: best-of-K without learning)
+    mu_init: MeanInit = MeanInit.zero
+    mean_fraction: float = 1.0  # share of the blocks that keep a learned mean (random fixed subset); others μ = 0
+    cosine_every: int = 0  # log cos(μ, −∇L) every n steps, ∇L by autograd (a backward pass; small models); 0: never
 
 
 def loo_baselines(losses: List[float]) -> List[float]:
@@ -46,10 +67,35 @@ def loo_baselines(losses: List[float]) -> List[float]:
     return [f - (total - f) / (k - 1) for f in losses]
 
 
+@register(LDSDSamplerConfig)
 class LDSDSampler(Sampler):
     name = "ldsd"
     log_name = LOG_NAME
     replays_state = True
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        require(cfg.k >= 2, "sampler.k", cfg.k, "it must be >= 2 (the leave-one-out baseline needs two candidates)")
+        require(cfg.sigma > 0, "sampler.sigma", cfg.sigma, "it must be > 0 (the policy's standard deviation)")
+        require(cfg.lr_mu >= 0, "sampler.lr_mu", cfg.lr_mu, "it must be >= 0 (0: best of K, no learned mean)")
+        require(0 < cfg.mean_fraction <= 1, "sampler.mean_fraction", cfg.mean_fraction,
+                "it must be in (0, 1]: the share of blocks with a learned mean")
+        require(cfg.cosine_every >= 0, "sampler.cosine_every", cfg.cosine_every, "it must be >= 0 (0: never)")
+
+    @classmethod
+    def refuse(cls, cfg, estimators: Mapping[str, Type[Estimator]]) -> None:
+        """LDSD's candidates and mean live in the kernels' directions, and its estimate is one two-sided probe."""
+        super().refuse(cfg, estimators)
+        est = cfg.estimator
+        if not estimators[est.name].kernel_directions:
+            usable = ", ".join(n for n, c in estimators.items() if c.kernel_directions)
+            raise ConfigError(f"sampler=ldsd needs an estimator that probes along the kernels' Gaussian directions; "
+                              f"estimator={est.name} does not, use one of {usable}")
+        if est.one_sided:
+            raise ConfigError("sampler=ldsd estimates two-sided along the best candidate; set estimator.one_sided=false")
+        if est.q != 1:
+            raise ConfigError(f"sampler=ldsd makes one estimate per step along the best of sampler.k candidates; "
+                              f"set estimator.q=1 (got {est.q}), or raise sampler.k")
 
     def __init__(self, cfg, space: ParamSpace, seed: int):
         super().__init__(cfg, space, seed)
@@ -126,7 +172,6 @@ class LDSDSampler(Sampler):
     def log_record(self) -> Dict[str, Any]:
         """For metrics.jsonl: this step's choice and ‖μ‖, and the cosine when it was measured."""
         return {k: self.record[k] for k in ("chosen", "mu_norm", "cos") if k in self.record}
-
 
     @property
     def state_bytes(self) -> int:

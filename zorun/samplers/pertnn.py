@@ -18,74 +18,33 @@ per example). f carries no gradient. Every estimator honours the Plan's scale
 sampler plugs into all of them; the networks are frozen here and trained by
 ``zorun-metatrain`` (:mod:`zorun.samplers.pertnn_meta`).
 
-The networks are held stacked (one (n, 64, 5) weight for n blocks) so a step
-costs one batched matmul, not n module calls; :mod:`zorun.samplers.pertnn_io`
-stores them per block name.
+The networks (:class:`~zorun.samplers.pertnn_io.BlockNets`) are held stacked,
+one (n, 64, 5) weight for n blocks, so a step costs one batched matmul, not n
+module calls; :mod:`zorun.samplers.pertnn_io` stores them per block name.
+See docs/methods.md and docs/pertnn.md.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Type
 
 import torch
-from torch import nn
 
-from zorun.estimators.base import StepResult
+from zorun.errors import ConfigError, require
+from zorun.estimators.base import Estimator, StepResult
 from zorun.params import _EMBED_RE, ParamSpace
 from zorun.plan import Plan
-from zorun.samplers.base import Sampler
+from zorun.samplers import pertnn_io
+from zorun.samplers.base import Sampler, SamplerConfig, register
+from zorun.samplers.pertnn_io import BlockNets
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("mean", "var", "loss_plus", "loss_minus", "sigma_prev")
-HIDDEN = 64
 LOG_NAME = "pertnn.jsonl"
 MOMENT_CHUNK = 1 << 24  # elements per chunk of the mean/variance pass (bounds the fp32 copy of 16-bit blocks)
-
-
-class BlockNets(nn.Module):
-    """n independent Linear(5, 64)–Tanh–Linear(64, 1)–abs networks evaluated as one batched op.
-
-    Network b is the nn.Sequential with state {"0.weight": w1[b], "0.bias": b1[b],
-    "2.weight": w2[b:b+1], "2.bias": b2[b:b+1]}, the layout of the released checkpoints.
-    """
-
-    def __init__(self, n: int, hidden: int = HIDDEN, generator: Optional[torch.Generator] = None):
-        super().__init__()
-        k = len(FEATURES)
-        self.w1 = nn.Parameter(torch.empty(n, hidden, k))
-        self.b1 = nn.Parameter(torch.empty(n, hidden))
-        self.w2 = nn.Parameter(torch.empty(n, hidden))
-        self.b2 = nn.Parameter(torch.empty(n))
-        with torch.no_grad():  # nn.Linear's default init: U(±1/sqrt(fan_in)) for weight and bias
-            for p, fan_in in ((self.w1, k), (self.b1, k), (self.w2, hidden), (self.b2, hidden)):
-                p.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=generator)
-
-    def __len__(self) -> int:
-        return self.w1.shape[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (n, 5) features, one row per block -> σ: (n,)."""
-        h = torch.tanh(torch.einsum("nhk,nk->nh", self.w1, x) + self.b1)
-        return ((h * self.w2).sum(-1) + self.b2).abs()
-
-    def block_state(self, b: int) -> Dict[str, torch.Tensor]:
-        """Network b as an nn.Sequential(Linear, Tanh, Linear) state dict."""
-        return {"0.weight": self.w1[b].detach(), "0.bias": self.b1[b].detach(),
-                "2.weight": self.w2[b : b + 1].detach(), "2.bias": self.b2[b : b + 1].detach()}
-
-    def load_block_state(self, b: int, state: Dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            self.w1[b].copy_(state["0.weight"])
-            self.b1[b].copy_(state["0.bias"])
-            self.w2[b].copy_(state["2.weight"].reshape(-1))
-            self.b2[b].copy_(state["2.bias"].reshape(()))
-
-    @property
-    def nbytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.parameters())
 
 
 def block_moments(tensor: torch.Tensor) -> torch.Tensor:
@@ -126,14 +85,44 @@ def normalisation(sigma: torch.Tensor, sizes: torch.Tensor) -> float:
     return math.sqrt(float(sizes.sum()) / max(float((sizes * s * s).sum()), 1e-300))
 
 
+@dataclass
+class PertNNSamplerConfig(SamplerConfig):
+    """sampler=pertnn: ZO Fine-tuner's learned per-block perturbation scales."""
+
+    name: str = "pertnn"
+    # trained networks (safetensors, see docs/pertnn.md); null: freshly initialised ones (meta-training only)
+    checkpoint: Optional[str] = None
+    rename: List[str] = field(default_factory=list)  # "REGEX=>REPLACEMENT" rules: model block name -> checkpoint name
+    normalize: bool = True  # trace-preserving normalisation: sum_b d_b (f sigma_b)^2 = sum_b d_b
+    embed_tokens: int = 15  # embedding matrices count as d_b = hidden x embed_tokens x batch_size (the reference's 15)
+    batch_size: int = 8  # the embedding rule's batch size (the YAML ties it to budget.batch_size)
+    log_every: int = 10  # steps between the per-block sigma records of pertnn.jsonl
+    init_seed: int = 0  # seed of freshly initialised networks (checkpoint=null)
+
+
+@register(PertNNSamplerConfig)
 class PertNNSampler(Sampler):
     name = "pertnn"
     log_name = LOG_NAME
 
+    @classmethod
+    def check(cls, cfg) -> None:
+        require(cfg.embed_tokens >= 1, "sampler.embed_tokens", cfg.embed_tokens, "it must be >= 1")
+        require(cfg.batch_size >= 1, "sampler.batch_size", cfg.batch_size, "it must be >= 1")
+        require(cfg.log_every >= 1, "sampler.log_every", cfg.log_every, "it must be >= 1")
+        for rule in cfg.rename:
+            require("=>" in rule, "sampler.rename", rule, "each rule is 'REGEX=>REPLACEMENT'")
+
+    @classmethod
+    def refuse(cls, cfg, estimators: Mapping[str, Type[Estimator]]) -> None:
+        """Training needs trained networks; fresh ones (checkpoint=null) are for zorun-metatrain only."""
+        super().refuse(cfg, estimators)
+        if not cfg.sampler.checkpoint:
+            raise ConfigError("sampler=pertnn needs trained networks: sampler.checkpoint=PATH.safetensors "
+                              "(from zorun-metatrain, or zorun-pertnn import of released ones)")
+
     def __init__(self, cfg, space: ParamSpace, seed: int):
         super().__init__(cfg, space, seed)
-        from zorun.samplers import pertnn_io  # the format module imports this one
-
         n = len(space)
         if cfg.checkpoint:
             self.nets = pertnn_io.load_for_space(cfg.checkpoint, space, list(cfg.rename))
@@ -187,7 +176,6 @@ class PertNNSampler(Sampler):
         s = self.current.double() * self.factor
         return {"scale_min": float(s.min()), "scale_mean": float(s.mean()), "scale_max": float(s.max()),
                 "norm_factor": self.factor}
-
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:

@@ -1,4 +1,4 @@
-"""PertNN checkpoints: safetensors + JSON metadata, the block-name mapping, and the importer.
+"""PertNN's networks and their files: safetensors + JSON metadata, the block-name mapping, the importer.
 
 A checkpoint is one ``.safetensors`` file. Tensor ``"<block>.<key>"`` is the
 state of block <block>'s network as an nn.Sequential(Linear(5, 64), Tanh,
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -32,15 +33,60 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from zorun.errors import ZorunError
 from zorun.params import ParamSpace
-from zorun.samplers.pertnn import FEATURES, HIDDEN, BlockNets
 
+FEATURES = ("mean", "var", "loss_plus", "loss_minus", "sigma_prev")
+HIDDEN = 64
 FORMAT, VERSION = "zorun-pertnn", 1
 META_KEY = "zorun_pertnn"
 KEYS = {"0.weight": (HIDDEN, len(FEATURES)), "0.bias": (HIDDEN,), "2.weight": (1, HIDDEN), "2.bias": (1,)}
 SHOWN = 6  # names listed per kind in a mismatch message
+
+
+class BlockNets(nn.Module):
+    """n independent Linear(5, 64)–Tanh–Linear(64, 1)–abs networks evaluated as one batched op.
+
+    Network b is the nn.Sequential with state {"0.weight": w1[b], "0.bias": b1[b],
+    "2.weight": w2[b:b+1], "2.bias": b2[b:b+1]}, the layout of the released checkpoints.
+    """
+
+    def __init__(self, n: int, hidden: int = HIDDEN, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        k = len(FEATURES)
+        self.w1 = nn.Parameter(torch.empty(n, hidden, k))
+        self.b1 = nn.Parameter(torch.empty(n, hidden))
+        self.w2 = nn.Parameter(torch.empty(n, hidden))
+        self.b2 = nn.Parameter(torch.empty(n))
+        with torch.no_grad():  # nn.Linear's default init: U(±1/sqrt(fan_in)) for weight and bias
+            for p, fan_in in ((self.w1, k), (self.b1, k), (self.w2, hidden), (self.b2, hidden)):
+                p.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=generator)
+
+    def __len__(self) -> int:
+        return self.w1.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (n, 5) features, one row per block -> σ: (n,)."""
+        h = torch.tanh(torch.einsum("nhk,nk->nh", self.w1, x) + self.b1)
+        return ((h * self.w2).sum(-1) + self.b2).abs()
+
+    def block_state(self, b: int) -> Dict[str, torch.Tensor]:
+        """Network b as an nn.Sequential(Linear, Tanh, Linear) state dict."""
+        return {"0.weight": self.w1[b].detach(), "0.bias": self.b1[b].detach(),
+                "2.weight": self.w2[b : b + 1].detach(), "2.bias": self.b2[b : b + 1].detach()}
+
+    def load_block_state(self, b: int, state: Dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.w1[b].copy_(state["0.weight"])
+            self.b1[b].copy_(state["0.bias"])
+            self.w2[b].copy_(state["2.weight"].reshape(-1))
+            self.b2[b].copy_(state["2.bias"].reshape(()))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parameters())
 
 
 class PertNNCheckpointError(ZorunError):

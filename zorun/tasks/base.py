@@ -8,7 +8,7 @@ Generation: ``answers`` (references); scored by greedy decoding, F1 and EM.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -67,24 +67,29 @@ def split_examples(examples: List[Example], cfg: DictConfig) -> Dict[str, List[E
 
 
 TaskBuilder = Callable[[DictConfig], Task]
-_BUILDERS: Dict[str, TaskBuilder] = {}
+TaskCheck = Callable[[DictConfig], None]
 
 
-def register_task(name: str):
+class Registered(NamedTuple):
+    build: TaskBuilder
+    check: Optional[TaskCheck]  # refuses a bad `task` node with a ConfigError, before any model loads
+
+
+TASKS: Dict[str, Registered] = {}  # option name -> its module's builder and check
+
+
+def register_task(name: str, check: Optional[TaskCheck] = None):
+    """Decorator of a task module's builder: task.name=<name> builds with it (see zorun.tasks.registry)."""
+
     def deco(fn: TaskBuilder) -> TaskBuilder:
-        _BUILDERS[name] = fn
+        TASKS[name] = Registered(fn, check)
         return fn
 
     return deco
 
 
-def build_task(cfg: DictConfig) -> Task:
-    from zorun.tasks import local, protocol, synthetic  # noqa: F401  (registration)
-    from zorun.tasks.icl import with_demonstrations
-
-    if cfg.name not in _BUILDERS:
-        raise ConfigError(f"task.name={cfg.name} is not implemented; available: {', '.join(sorted(_BUILDERS))}")
-    task = _BUILDERS[cfg.name](cfg)
-    if not task.train and cfg.num_train > 0:
-        raise ConfigError(f"task={cfg.name} has no training examples left after the dev/test split; lower task.num_dev/num_test")
-    return with_demonstrations(task, cfg) if cfg.icl_demos else task
+def require_type(cfg: DictConfig, kind: str) -> None:
+    """Refuse a task.type override that does not fit a task of this kind."""
+    given = getattr(cfg.type, "value", str(cfg.type))
+    if given != kind:
+        raise ConfigError(f"task.type={given} does not fit task={cfg.name}, a {kind} task; drop the override")

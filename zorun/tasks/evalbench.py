@@ -19,6 +19,9 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from zorun.config import register_configs
+from zorun.paths import CONF_DIR
+
 WORDS = "good bad river table happy cold seven morning film plot actor scene music story slow dull bright".split()
 
 
@@ -37,7 +40,6 @@ def _records(task: str, n: int, rng: random.Random):
 
 
 def bench(task: str, icl: int, n_test: int, folder: Path) -> None:
-    from zorun.cli import CONF_DIR
     from zorun.models import load_model, load_tokenizer
     from zorun.tasks import build_task
     from zorun.tasks.scoring import candidate_scores, encode, shared_prompt_scores
@@ -50,6 +52,7 @@ def bench(task: str, icl: int, n_test: int, folder: Path) -> None:
     overrides = [f"task={task}", f"task.data_files.train={files['train']}",
                  f"task.data_files.validation={files['validation']}", "task.num_train=32", "task.num_dev=0",
                  f"task.num_test={n_test}", f"task.icl_demos={icl}"]
+    register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     examples, tok, model = build_task(cfg.task).test, load_tokenizer(cfg.model), load_model(cfg.model, 0)

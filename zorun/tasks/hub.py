@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable
+from typing import Any, Dict, Iterable
 
-import datasets
-from datasets.exceptions import DatasetsError
 from omegaconf import DictConfig
 
 from zorun.errors import ZorunError
@@ -26,8 +24,16 @@ LOCAL_HINT = ("give local copies with the hub's fields: task.data_files.train=FI
 
 @dataclass
 class Split:
-    rows: datasets.Dataset
+    rows: Any  # a datasets.Dataset (`datasets` is imported where a split is loaded)
     source: str  # what messages name: the file, or "<id> (<config>) <split> split"
+
+
+def _datasets():
+    """`datasets` and its error class, imported on first use: it takes seconds, and only hub tasks need it."""
+    import datasets
+    from datasets.exceptions import DatasetsError
+
+    return datasets, DatasetsError
 
 
 def _cause(err: BaseException) -> str:
@@ -49,6 +55,7 @@ def _load_file(split: str, path: str) -> Split:
     size = file.stat().st_size
     if size == 0 or (fmt != "parquet" and size <= 4096 and not file.read_text(encoding="utf-8").strip()):
         raise ZorunError(f"{path}: the {split} split is empty (no records)")
+    datasets, DatasetsError = _datasets()
     try:
         rows = datasets.load_dataset(fmt, data_files={split: str(file)}, split=split)
     except (DatasetsError, OSError, ValueError, StopIteration) as err:
@@ -61,6 +68,7 @@ def _load_file(split: str, path: str) -> Split:
 def _load_hub(cfg: DictConfig, needed: Iterable[str]) -> Dict[str, Split]:
     path, name = cfg.dataset.path, cfg.dataset.name
     label = f"{path} ({name})" if name else path
+    datasets, DatasetsError = _datasets()
     try:
         splits = datasets.load_dataset(path, name)
     except (DatasetsError, OSError, ValueError) as err:

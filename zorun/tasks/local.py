@@ -19,7 +19,7 @@ from typing import List
 
 from omegaconf import DictConfig
 
-from zorun.errors import ZorunError
+from zorun.errors import ConfigError, ZorunError
 from zorun.tasks.base import Example, Task, register_task, split_examples
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,12 @@ def sized(cfg: DictConfig, n: int) -> DictConfig:
     return out
 
 
-@register_task("local")
+def check(cfg: DictConfig) -> None:
+    if not cfg.path:
+        raise ConfigError("task=local needs task.path=FILE.jsonl (one JSON object per line)")
+
+
+@register_task("local", check)
 def build(cfg: DictConfig) -> Task:
     kind = cfg.type.value if hasattr(cfg.type, "value") else str(cfg.type)
     examples = read_jsonl(Path(cfg.path), kind, list(cfg.candidates))

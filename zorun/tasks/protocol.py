@@ -25,8 +25,8 @@ from typing import List, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from zorun.errors import ConfigError, ZorunError
-from zorun.tasks.base import Example, Task, register_task
+from zorun.errors import ZorunError
+from zorun.tasks.base import Example, Task, register_task, require_type
 from zorun.tasks.hub import Split, load_splits
 from zorun.tasks.icl import DemoPool
 from zorun.tasks.templates import SPECS, RecordError, TaskSpec
@@ -61,11 +61,12 @@ def _short(name: str, split: Split, have: int, want: int, use: str) -> None:
                 name, split.source, have, want, use)
 
 
+def check(cfg: DictConfig) -> None:
+    require_type(cfg, SPECS[cfg.name].kind)
+
+
 def build(cfg: DictConfig) -> Task:
     spec = SPECS[cfg.name]
-    kind = getattr(cfg.type, "value", str(cfg.type))
-    if kind != spec.kind:
-        raise ConfigError(f"task.type={kind} does not fit task={cfg.name}, a {spec.kind} task; drop the override")
     want = cfg.num_train + cfg.num_dev
     needed = {}
     if want or cfg.icl_demos:
@@ -96,4 +97,4 @@ def build(cfg: DictConfig) -> Task:
 
 
 for _name in SPECS:
-    register_task(_name)(build)
+    register_task(_name, check)(build)

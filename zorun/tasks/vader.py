@@ -39,7 +39,7 @@ import torch
 from omegaconf import DictConfig
 
 from zorun.errors import ConfigError, ZorunError
-from zorun.tasks.base import Example, Task, register_task
+from zorun.tasks.base import Example, Task, register_task, require_type
 from zorun.tasks.templates import sst2
 
 log = logging.getLogger(__name__)
@@ -120,15 +120,21 @@ def balanced_order(words: List[Rated], seed: int) -> List[Rated]:
     return [r for pair in zip(*by_label) for r in pair]
 
 
-@register_task("vader")
-def build(cfg: DictConfig) -> Task:
-    kind = getattr(cfg.type, "value", str(cfg.type))
-    if kind != "classification":
-        raise ConfigError(f"task.type={kind} does not fit task=vader, a classification task; drop the override")
-    min_abs_mean = float(cfg.options.get("min_abs_mean", DEFAULT_MIN_ABS_MEAN))
-    if not 0 < min_abs_mean <= 4:
-        raise ConfigError(f"task.options.min_abs_mean={min_abs_mean} is out of range; "
+def threshold(cfg: DictConfig) -> float:
+    """task.options.min_abs_mean: how far from 0 a kept word's mean rating is."""
+    return float(cfg.options.get("min_abs_mean", DEFAULT_MIN_ABS_MEAN))
+
+
+def check(cfg: DictConfig) -> None:
+    require_type(cfg, "classification")
+    if not 0 < threshold(cfg) <= 4:
+        raise ConfigError(f"task.options.min_abs_mean={threshold(cfg)} is out of range; "
                           f"give a value in (0, 4] (ratings run from -4 to +4)")
+
+
+@register_task("vader", check)
+def build(cfg: DictConfig) -> Task:
+    min_abs_mean = threshold(cfg)
     order = balanced_order(keep(read_lexicon(lexicon_path()), min_abs_mean), cfg.seed)
     want = cfg.num_test + cfg.num_dev + cfg.num_train
     if want > len(order):
