@@ -323,13 +323,14 @@ def test_cfg_job_prints_the_recipe_values_without_the_memory_check():
 
 
 def test_every_paper_model_has_a_documented_recipe():
+    """Every preset of a paper's model (all but tiny and SmolLM2) has MeZO's values; FT's for OPT."""
     models = {p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")} - {"tiny", "smollm2-135m"}
     recipes = Path(CONF_DIR) / "recipe"
-    assert {p.stem for p in (recipes / "mezo").glob("*.yaml")} == models
-    assert {p.stem for p in (recipes / "fo-adam").glob("*.yaml")} == {m for m in models if m.startswith("opt-")}
+    assert models <= {p.stem for p in (recipes / "mezo").glob("*.yaml")}
+    assert {m for m in models if m.startswith("opt-")} <= {p.stem for p in (recipes / "fo-adam").glob("*.yaml")}
     for path in recipes.glob("*/*.yaml"):
         text = path.read_text()
-        assert "# Source: MeZO large_models/" in text and "\n# Example: zorun " in text, path
+        assert "\n# Source: " in text and "\n# Example: zorun " in text and "defaults_from:" in text, path
 
 
 def test_the_memory_check_runs_in_the_preflight_before_the_run_directory_exists(tmp_path, monkeypatch):

@@ -41,8 +41,6 @@ Question = Tuple[str, Pair, Pair]  # section, shown pair, asked pair
 PER_ASKED_PAIR = 4
 CANDIDATES = 4
 SPLITS = ("test", "dev", "train")
-
-
 FILE = "questions-words.txt"
 FIXES = f"pip install gensim (it ships the file), or give a copy: task.path=/path/to/{FILE}"
 
