@@ -322,6 +322,17 @@ def test_cfg_job_prints_the_recipe_values_without_the_memory_check():
     assert "recipe mezo/opt-30b: MeZO large_models/README.md" in proc.stdout
 
 
+def test_smollm2_recipes_are_the_grid_choices():
+    """SmolLM2-135M's lr/eps per mode come from zorun's own grid (sweeps/real-grid.yaml, docs/real-model.md)."""
+    expect = {"mezo": {"none": (1e-4, 1e-3), "lora": (3e-3, 1e-2), "prefix": (3e-2, 1e-1)},
+              "zo-adam": {"none": (1e-4, 1e-3), "lora": (3e-3, 1e-2)}}
+    for estimator, modes in expect.items():
+        for peft, values in modes.items():
+            cfg = compose_cfg("model=smollm2-135m", f"estimator={estimator}", f"model.peft={peft}")
+            assert (cfg.estimator.lr, cfg.estimator.eps) == values, (estimator, peft)
+            assert "zorun grid on task=vader" in cfg.defaults_from.estimator.lr
+
+
 def test_every_paper_model_has_a_documented_recipe():
     """Every preset of a paper's model (all but tiny and SmolLM2) has MeZO's values; FT's for OPT."""
     models = {p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")} - {"tiny", "smollm2-135m"}
