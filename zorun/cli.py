@@ -27,6 +27,7 @@ from zorun.errors import ZorunError
 from zorun.multirun import incompatibility, register_sweeps, sweeps_dir
 from zorun.resume import expand_resume
 from zorun.safety import check_targets
+from zorun.tracking.console import preflight_progress
 from zorun.tracking.files import check_writable
 
 GROUPS = ("model", "task", "estimator", "sampler", "budget", "logger")
@@ -127,23 +128,24 @@ def preflight(overrides: List[str], multirun: bool, config_name: str = "config")
 
         jobs = job_overrides(overrides, multirun, _compose)
         incompatible: Dict[str, List[str]] = {}
-        for job in jobs:
-            cfg = _compose(job, return_hydra_config=True)
-            check_targets(cfg)  # before anything else: nothing but zorun.* is ever instantiated
-            check_known_keys(cfg)
-            validate(cfg)
-            if config_name == "metatrain":
-                validate_metatrain(cfg)
-                continue
-            reason = incompatibility(cfg)
-            if reason is not None and not (multirun and cfg.skip_incompatible):
-                raise ConfigError(reason)
-            if reason is not None:
-                incompatible.setdefault(reason, []).append(f"{cfg.sampler.name} x {cfg.estimator.name}")
-            elif cfg.sampler.name == "pertnn":
-                from zorun.samplers.pertnn_io import check_exists
+        with preflight_progress(len(jobs)) as counted:
+            for job in counted(jobs):
+                cfg = _compose(job, return_hydra_config=True)
+                check_targets(cfg)  # before anything else: nothing but zorun.* is ever instantiated
+                check_known_keys(cfg)
+                validate(cfg)
+                if config_name == "metatrain":
+                    validate_metatrain(cfg)
+                    continue
+                reason = incompatibility(cfg)
+                if reason is not None and not (multirun and cfg.skip_incompatible):
+                    raise ConfigError(reason)
+                if reason is not None:
+                    incompatible.setdefault(reason, []).append(f"{cfg.sampler.name} x {cfg.estimator.name}")
+                elif cfg.sampler.name == "pertnn":
+                    from zorun.samplers.pertnn_io import check_exists
 
-                check_exists(cfg.sampler.checkpoint)
+                    check_exists(cfg.sampler.checkpoint)
         if sum(map(len, incompatible.values())) == len(jobs) > 0:
             raise ConfigError(f"every job of the grid is incompatible: {next(iter(incompatible))}")
         for reason, pairs in incompatible.items():
