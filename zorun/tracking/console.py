@@ -41,12 +41,11 @@ class RateColumn(ProgressColumn):
 @contextmanager
 def preflight_progress(total: int) -> Iterator[Callable[[Iterable[T]], Iterator[T]]]:
     """The multirun pre-flight composes and checks every job before Hydra launches any (about half a second each,
-    minutes for a large grid on a loaded machine): a bar of jobs checked on a terminal, else one line first.
-    Yields a wrapper for the loop over the jobs that counts each one done."""
+    minutes for a large grid on a loaded machine): a bar of jobs checked on a terminal, erased when done, so a
+    refused grid still ends in one error line (and nothing is added to logs). Yields a wrapper for the loop over
+    the jobs that counts each one done."""
     console = RichConsole(stderr=True)
     if total <= 1 or not console.is_terminal:
-        if total > 1:
-            print(f"zorun: pre-flight: composing and checking {total} jobs", file=sys.stderr, flush=True)
         yield iter
         return
     with Progress(TextColumn("[bold]zorun: pre-flight"), BarColumn(bar_width=24), MofNCompleteColumn(),
