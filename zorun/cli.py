@@ -205,7 +205,8 @@ def usage() -> str:
         "           kernels (auto|triton|torch: the perturb/update backend, chosen at setup and logged);",
         "           resume=RUN_DIR (continue a run from its newest checkpoint; relaunching into the dir does too)",
         "replay:     zorun-replay RUN_DIR   (the fine-tuned parameters from the base model + trajectory.jsonl)",
-        "outputs: <run dir>/metrics.jsonl, summary.json, .hydra/ (see README)",
+        "export:     zorun-export RUN_DIR [--step N] [--out DIR]   (a from_pretrained folder of any step)",
+        "outputs: <run dir>/metrics.jsonl, summary.json, model/ or adapter/, .hydra/ (see README, docs/outputs.md)",
         "Hydra's own flags (--multirun, --cfg, --resolve, --info, --hydra-help, ...) work as usual.",
     ]
     return "\n".join(lines)
