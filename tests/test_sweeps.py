@@ -67,6 +67,19 @@ def test_incompatible_pairs_refuse_a_grid_unless_skipped(capsys):
         preflight(["sampler=ldsd", "estimator=hizoo", "skip_incompatible=true"], multirun=False)
 
 
+@pytest.mark.parametrize("terminal", [False, True])
+def test_the_preflight_of_a_grid_shows_its_progress_on_a_terminal(terminal, monkeypatch, capsys):
+    """Composing every job of a large grid takes minutes under load, before Hydra prints anything: a bar of jobs
+    checked on a terminal (rich's TTY_COMPATIBLE stands in for one), erased when done; nothing in a log."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1" if terminal else "0")
+    assert preflight(["sampler=uniform,adalezo", "seed=0,1", "budget=smoke"], True) == 4
+    err = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().err)
+    if terminal:
+        assert "zorun: pre-flight" in err and "4/4 jobs checked" in err and "ETA" in err
+    else:
+        assert err == ""
+
+
 def test_unknown_sweep_is_one_line_listing_the_sweeps():
     result = subprocess.run([sys.executable, "-m", "zorun", "-m", "+sweep=nope"], cwd=REPO,
                             capture_output=True, text=True)

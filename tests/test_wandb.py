@@ -171,6 +171,9 @@ def test_a_lora_run_logs_its_adapter_and_on_request_its_model_and_says_where_it_
         run.setup()
         run.train()
         assert run.cleanup()["status"] == "completed"
+    import wandb
+
+    wandb.teardown()  # W&B's service exits, its writer flushed and closed: the files as `wandb sync` reads them
     run_dir = offline_run(wandb_env / "job")
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("W&B offline"))
     assert line == f"W&B offline: run tiny-synthetic-mezo-lora-s0 in {run_dir}; upload it with: wandb sync {run_dir}"

@@ -28,6 +28,7 @@ from zorun.multirun import incompatibility, register_sweeps, sweeps_dir
 from zorun.paths import CONF_DIR
 from zorun.resume import expand_resume
 from zorun.safety import check_targets
+from zorun.tracking.console import preflight_progress
 from zorun.tracking.files import check_writable
 
 GROUPS = ("model", "task", "estimator", "sampler", "budget", "logger")
@@ -119,27 +120,28 @@ def preflight(overrides: List[str], multirun: bool, config_name: str = "config",
 
         jobs = job_overrides(overrides, multirun, _compose)
         incompatible: Dict[str, List[str]] = {}
-        for job in jobs:
-            cfg = _compose(job, return_hydra_config=True)
-            check_targets(cfg)  # before anything else: nothing but zorun.* is ever instantiated
-            check_known_keys(cfg)
-            validate(cfg)
-            if config_name == "metatrain":
-                validate_metatrain(cfg)
-                continue
-            reason = incompatibility(cfg)
-            if reason is not None and not (multirun and cfg.skip_incompatible):
-                raise ConfigError(reason)
-            if reason is not None:
-                incompatible.setdefault(reason, []).append(f"{cfg.sampler.name} x {cfg.estimator.name}")
-            elif cfg.sampler.name == "pertnn":
-                from zorun.samplers.pertnn_io import check_exists
+        with preflight_progress(len(jobs)) as counted:
+            for job in counted(jobs):
+                cfg = _compose(job, return_hydra_config=True)
+                check_targets(cfg)  # before anything else: nothing but zorun.* is ever instantiated
+                check_known_keys(cfg)
+                validate(cfg)
+                if config_name == "metatrain":
+                    validate_metatrain(cfg)
+                    continue
+                reason = incompatibility(cfg)
+                if reason is not None and not (multirun and cfg.skip_incompatible):
+                    raise ConfigError(reason)
+                if reason is not None:
+                    incompatible.setdefault(reason, []).append(f"{cfg.sampler.name} x {cfg.estimator.name}")
+                elif cfg.sampler.name == "pertnn":
+                    from zorun.samplers.pertnn_io import check_exists
 
-                check_exists(cfg.sampler.checkpoint)
-            if check_memory and not multirun and config_name == "config":  # a grid's jobs check themselves
-                from zorun.models.fit import check_fit
+                    check_exists(cfg.sampler.checkpoint)
+                if check_memory and not multirun and config_name == "config":  # a grid's jobs check themselves
+                    from zorun.models.fit import check_fit
 
-                check_fit(cfg)
+                    check_fit(cfg)
         if sum(map(len, incompatible.values())) == len(jobs) > 0:
             raise ConfigError(f"every job of the grid is incompatible: {next(iter(incompatible))}")
         for reason, pairs in incompatible.items():
@@ -199,7 +201,8 @@ def usage() -> str:
         "           kernels (auto|triton|torch: the perturb/update backend, chosen at setup and logged);",
         "           resume=RUN_DIR (continue a run from its newest checkpoint; relaunching into the dir does too)",
         "replay:     zorun-replay RUN_DIR   (the fine-tuned parameters from the base model + trajectory.jsonl)",
-        "outputs: <run dir>/metrics.jsonl, summary.json, .hydra/ (see README)",
+        "export:     zorun-export RUN_DIR [--step N] [--out DIR]   (a from_pretrained folder of any step)",
+        "outputs: <run dir>/metrics.jsonl, summary.json, model/ or adapter/, .hydra/ (see README, docs/outputs.md)",
         "Hydra's own flags (--multirun, --cfg, --resolve, --info, --hydra-help, ...) work as usual.",
     ]
     return "\n".join(lines)

@@ -23,6 +23,8 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from zorun.plots import mean_curve, read_records
+
 if TYPE_CHECKING:
     from zorun.report import Report
 
@@ -108,8 +110,6 @@ def jobs_table(report: Report) -> str:
 
 def loss_figure(report: Report, key) -> Optional[go.Figure]:
     """Train loss against step and against wall-clock seconds; one legend entry per method toggles both."""
-    from zorun.report import mean_curve
-
     fig = make_subplots(rows=1, cols=2, subplot_titles=("train loss vs step", "train loss vs wall-clock (s)"))
     for i, method in enumerate(report.methods):
         curve = mean_curve(report, key, method)
@@ -198,8 +198,6 @@ def adalezo_figure(report: Report) -> Optional[go.Figure]:
 
 def ldsd_figure(report: Report) -> Optional[go.Figure]:
     """LDSD's learned mean: ‖μ‖ per logged step, and cos(μ, −∇L) where sampler.cosine_every measured it."""
-    from zorun.report import read_records
-
     fig = make_subplots(rows=1, cols=2, subplot_titles=("‖μ‖", "cos(μ, −∇L)"))
     for i, job in enumerate(j for j in report.jobs if j.config.sampler.name == "ldsd"):
         records = [r for r in read_records(job.dir) if r.get("mu_norm") is not None]

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from omegaconf import DictConfig
 
-from zorun import kernels
+from zorun import kernels, threads
 from zorun.checkpoint import (Checkpoint, CheckpointError, Checkpoints, NonFiniteError, all_finite, check_savable,
                               log_sizes, rng_state, set_rng_state, truncate_logs)
 from zorun.distributed import DataParallel
@@ -156,6 +156,7 @@ class Run:
         self.clock.sync_cuda = self.device.type == "cuda"
         self.space = ParamSpace.from_model(self.model)
         log.info(kernels.select(cfg.kernels, self.space))
+        log.info(threads.apply(self.device, sum(p.numel() for p in self.model.parameters())))
         self.sampler = build_sampler(cfg, self.space, cfg.seed)
         self.estimator = build_estimator(cfg, self.space)
 

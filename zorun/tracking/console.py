@@ -3,20 +3,22 @@
 Training shows steps, the recent loss, the last dev metric, elapsed time,
 steps/s and the ETA; an evaluation shows examples scored with its own rate
 and ETA, under the training bar when one is running. Long evaluations at real
-shapes (minutes on CPU) are no longer silent.
+shapes (minutes on CPU) are no longer silent, nor is a multirun's pre-flight.
 """
 
 from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, TypeVar
 
 from rich.console import Console as RichConsole
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
+
+T = TypeVar("T")
 
 
 def _fmt(value: Any) -> str:
@@ -34,6 +36,29 @@ class RateColumn(ProgressColumn):
         unit = task.fields.get("unit", "it")
         speed = task.finished_speed or task.speed
         return Text(f"{speed:.3g} {unit}/s" if speed else f"- {unit}/s", style="progress.data.speed")
+
+
+@contextmanager
+def preflight_progress(total: int) -> Iterator[Callable[[Iterable[T]], Iterator[T]]]:
+    """The multirun pre-flight composes and checks every job before Hydra launches any (about half a second each,
+    minutes for a large grid on a loaded machine): a bar of jobs checked on a terminal, erased when done, so a
+    refused grid still ends in one error line (and nothing is added to logs). Yields a wrapper for the loop over
+    the jobs that counts each one done."""
+    console = RichConsole(stderr=True)
+    if total <= 1 or not console.is_terminal:
+        yield iter
+        return
+    with Progress(TextColumn("[bold]zorun: pre-flight"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                  TextColumn("jobs checked"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("pre-flight", total=total)
+
+        def counted(jobs: Iterable[T]) -> Iterator[T]:
+            for job in jobs:
+                yield job
+                progress.advance(task)
+
+        yield counted
 
 
 class Console:

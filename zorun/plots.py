@@ -1,0 +1,155 @@
+"""The sweep report's records and PNG plots: each job's metrics.jsonl, the mean loss curve of a cell's setting,
+loss against step and seconds, the time breakdown and AdaLeZO's layer heat maps (matplotlib, for report.md and
+W&B images; report.html draws the same data with plotly, :mod:`zorun.dashboard`)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from zorun.report import Job, Report
+
+
+def read_records(job_dir: Path) -> List[Dict[str, Any]]:
+    """Every metrics.jsonl record of a job, in order (train-loss, dev and event records)."""
+    path = job_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_metrics(job_dir: Path) -> List[Dict[str, Any]]:
+    """The train-loss records of a job."""
+    return [r for r in read_records(job_dir) if r.get("loss") is not None]
+
+
+# --------------------------------------------------------------------- plots
+def plot_all(report: Report) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plots = [plot_losses(report, key) for key in report.cells]
+    plots.append(plot_time_breakdown(report))
+    plots += plot_adalezo(report)
+    return [p for p in plots if p is not None]
+
+
+def _selected_jobs(report: Report, key: Tuple[str, str], method: str) -> List[Job]:
+    cell = report.cells[key][method]
+    return [j for j in report.jobs if j.key == key and j.method == method and j.status == "completed"
+            and j.setting == cell.setting]
+
+
+def _line_styles(methods: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """One colour per estimator and one dash pattern per sampler, so a method matrix stays legible."""
+    import matplotlib.pyplot as plt
+
+    colours = plt.get_cmap("tab10").colors
+    parts = {m: m.partition("+")[::2] for m in methods}  # (estimator label, sampler or "")
+    bases = sorted({base for base, _ in parts.values()})
+    samplers = sorted({sampler for _, sampler in parts.values() if sampler})
+    dashes = ["--", ":", "-."]
+    return {m: {"color": colours[bases.index(base) % len(colours)],
+                "linestyle": dashes[samplers.index(sampler) % len(dashes)] if sampler else "-"}
+            for m, (base, sampler) in parts.items()}
+
+
+def mean_curve(report: Report, key: Tuple[str, str], method: str
+               ) -> Optional[Tuple[int, List[int], List[float], List[float]]]:
+    """(runs, steps, train loss, wall_s) of the method's dev-selected setting, averaged over its seeds point by
+    point up to the shortest run; None when the cell is empty or no run logged a loss."""
+    if method not in report.cells[key]:
+        return None
+    runs = [r for r in (read_metrics(j.dir) for j in _selected_jobs(report, key, method)) if r]
+    if not runs:
+        return None
+    n = min(len(r) for r in runs)
+    return (len(runs), [runs[0][i]["step"] for i in range(n)],
+            [statistics.fmean(r[i]["loss"] for r in runs) for i in range(n)],
+            [statistics.fmean(r[i]["wall_s"] for r in runs) for i in range(n)])
+
+
+def plot_losses(report: Report, key: Tuple[str, str]) -> Optional[Path]:
+    """Train loss against step and against wall-clock, one line per method (mean over seeds)."""
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4))
+    styles = _line_styles(report.methods)
+    drawn = []
+    for method in report.methods:
+        curve = mean_curve(report, key, method)
+        if curve is None:
+            continue
+        runs, steps, loss, wall = curve
+        by_step.plot(steps, loss, label=f"{method} (n={runs})", **styles[method])
+        by_time.plot(wall, loss, **styles[method])
+        drawn += loss
+    if not drawn:
+        plt.close(fig)
+        return None
+    spread = min(drawn) > 0 and max(drawn) / min(drawn) > 20  # a diverging method would flatten the rest
+    for ax, xlabel in ((by_step, "step"), (by_time, "wall-clock (s)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("train loss" + (" (log scale)" if spread else ""))
+        ax.set_yscale("log" if spread else "linear")
+        ax.grid(alpha=0.3)
+    lines = len(by_step.get_lines())
+    columns = 1 + (lines - 1) // 16  # at most 16 entries per legend column, beside the plots
+    fig.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, ncol=columns, frameon=False)
+    fig.set_figheight(max(4.0, 0.2 * min(lines, 16) + 1.0))
+    fig.suptitle(f"{key[0]} · {key[1]}: train loss (dev-selected setting, mean over seeds)")
+    fig.tight_layout()
+    path = report.out_dir / f"loss_{key[0]}_{key[1]}.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_time_breakdown(report: Report) -> Optional[Path]:
+    """Mean seconds per job in each timing phase, stacked, one bar per method."""
+    import matplotlib.pyplot as plt
+
+    from zorun.timing import PHASES
+
+    by_method: Dict[str, List[Dict[str, float]]] = defaultdict(list)
+    for job in report.jobs:
+        if job.summary and job.summary.get("time_s"):
+            by_method[job.method].append(job.summary["time_s"])
+    if not by_method:
+        return None
+    methods = sorted(by_method, reverse=True)  # horizontal bars, read top-down in name order
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 0.3 * len(methods) + 1.5)))
+    left = [0.0] * len(methods)
+    for phase in PHASES:
+        widths = [statistics.fmean(t.get(phase, 0.0) for t in by_method[m]) for m in methods]
+        ax.barh(methods, widths, left=left, label=phase)
+        left = [a + w for a, w in zip(left, widths)]
+    ax.set_xlabel("seconds per job (mean)")
+    ax.set_title("time breakdown per method")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    path = report.out_dir / "time_breakdown.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_adalezo(report: Report) -> List[Path]:
+    """AdaLeZO's layer-probability heat map for every job that logged adalezo.jsonl."""
+    logs = [job.dir / "adalezo.jsonl" for job in report.jobs if (job.dir / "adalezo.jsonl").exists()]
+    if not logs:
+        return []
+    try:
+        from zorun.samplers.adalezo_plot import plot_layer_probabilities
+    except ImportError:
+        return []
+    paths = []
+    for log_path in logs:
+        path = report.out_dir / f"adalezo_{log_path.parent.relative_to(report.root).as_posix().replace('/', '_')}.png"
+        plot_layer_probabilities(log_path, path)
+        paths.append(path)
+    return paths
