@@ -177,7 +177,7 @@ def _selector(fig: go.Figure, labels: List[str], traces_per_item: int = 1) -> No
 
 def adalezo_figure(report: Report) -> Optional[go.Figure]:
     """AdaLeZO's layer probabilities (step x layer) per job, one job at a time."""
-    from zorun.samplers.adalezo_plot import read_probabilities
+    from zorun.samplers.adalezo import read_probabilities
 
     labels, fig = [], go.Figure()
     for job in report.jobs:

@@ -34,7 +34,7 @@ def plot_all(report: Report) -> List[Path]:
     matplotlib.use("Agg")
     plots = [plot_losses(report, key) for key in report.cells]
     plots.append(plot_time_breakdown(report))
-    plots += plot_adalezo(report)
+    plots += plot_sampler_logs(report)
     return [p for p in plots if p is not None]
 
 
@@ -138,18 +138,18 @@ def plot_time_breakdown(report: Report) -> Optional[Path]:
     return path
 
 
-def plot_adalezo(report: Report) -> List[Path]:
-    """AdaLeZO's layer-probability heat map for every job that logged adalezo.jsonl."""
-    logs = [job.dir / "adalezo.jsonl" for job in report.jobs if (job.dir / "adalezo.jsonl").exists()]
-    if not logs:
-        return []
-    try:
-        from zorun.samplers.adalezo_plot import plot_layer_probabilities
-    except ImportError:
-        return []
+def plot_sampler_logs(report: Report) -> List[Path]:
+    """Each sampler's own figure (Sampler.plot_log: AdaLeZO's layer heat map) for every job that wrote its log."""
+    from zorun.registry import SAMPLERS
+
     paths = []
-    for log_path in logs:
-        path = report.out_dir / f"adalezo_{log_path.parent.relative_to(report.root).as_posix().replace('/', '_')}.png"
-        plot_layer_probabilities(log_path, path)
-        paths.append(path)
+    for name, sampler in sorted(SAMPLERS.items()):
+        for job in report.jobs:
+            log_path = job.dir / sampler.log_name if sampler.log_name else None
+            if log_path is None or not log_path.exists():
+                continue
+            stem = job.dir.relative_to(report.root).as_posix().replace("/", "_")
+            path = sampler.plot_log(log_path, report.out_dir / f"{name}_{stem}.png")
+            if path is not None:
+                paths.append(path)
     return paths
