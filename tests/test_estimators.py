@@ -26,7 +26,7 @@ from zorun.estimators.hizoo import HiZOO
 from zorun.estimators.lozo import LOZOM
 from zorun.estimators.momentum import ZOMomentum
 from zorun.estimators.schedule import LRSchedule
-from zorun.kernels.reference import z_chunks
+from zorun.kernels import z_chunks
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed
 from zorun.registry import ESTIMATORS

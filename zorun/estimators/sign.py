@@ -22,4 +22,4 @@ class ZOSign(ZOEstimator):
     def apply(self, plan, query, restore, g, lr):
         sign = math.copysign(1.0, g) if g != 0 else 0.0
         kernels.update_(self.space, plan, restore=restore, coef=lr * sign / self.cfg.q,
-                        decay=self.decay(lr) if query == 0 else 0.0)
+                        decay=self.decay(lr) if query == 0 else 0.0, stochastic=self.stochastic)
