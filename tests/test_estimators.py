@@ -22,11 +22,11 @@ from omegaconf import OmegaConf
 from conftest import tiny_llama
 from zorun.checkpoint import join_tensors, split_tensors
 from zorun.config import ESTIMATOR_SCHEMAS
-from zorun.estimators.adam import ZOAdam
+from zorun.estimators.zo_adam import ZOAdam
 from zorun.estimators.first_order import FOAdam
 from zorun.estimators.hizoo import HiZOO
 from zorun.estimators.lozo import LOZOM
-from zorun.estimators.momentum import ZOMomentum
+from zorun.estimators.zo_sgd_momentum import ZOMomentum
 from zorun.estimators.schedule import LRSchedule
 from zorun.kernels import z_chunks
 from zorun.params import ParamSpace

@@ -7,14 +7,14 @@ from typing import Dict, Type
 from omegaconf import DictConfig
 
 from zorun.config import ConfigError
-from zorun.estimators.adam import ZOAdam
+from zorun.estimators.zo_adam import ZOAdam
 from zorun.estimators.base import Estimator
 from zorun.estimators.first_order import FOAdam, FOSGD
 from zorun.estimators.hizoo import HiZOO
 from zorun.estimators.lozo import LOZO, LOZOM
 from zorun.estimators.mezo import MeZO
-from zorun.estimators.momentum import ZOMomentum
-from zorun.estimators.sign import ZOSign
+from zorun.estimators.zo_sgd_momentum import ZOMomentum
+from zorun.estimators.zo_sign import ZOSign
 from zorun.samplers.adalezo import AdaLeZOSampler
 from zorun.samplers.base import Sampler
 from zorun.samplers.ldsd import LDSDSampler

@@ -67,4 +67,4 @@ def compose(overrides: List[str]):
 def device_of(name: str) -> torch.device:
     from zorun.models.loading import resolve_device
 
-    return resolvedevice_of(name)
+    return resolve_device(name)

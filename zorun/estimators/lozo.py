@@ -24,9 +24,8 @@ it: a window starts per block at its first active step in that window
 (identical under sampler=uniform, and well-defined when a sampler skips
 blocks); weight decay is decoupled and skips biases and norm weights; the
 Plan's per-block scale s and weight w multiply the direction (ε·s·U Vᵀ) and
-the update (w·s) as for every estimator. The paper's equation numbers could
-not be checked here (only the abstract of the paper was available to us);
-the formulas above follow the public code, which they match line by line.
+the update (w·s) as for every estimator. The formulas above follow the
+public code line by line.
 
 The matrix passes are row-chunked ``addmm_`` calls into θ: no m×n temporary
 is ever allocated, and restore and update are one pass:

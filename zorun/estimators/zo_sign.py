@@ -1,6 +1,6 @@
 """estimator=zo-sign: ZO-SGD on the sign of the projected gradient, θ −= η·sign(g)·z.
 
-This is ALGORITHMS.md's rule: the step length along z no longer depends on
+zorun's rule: the step length along z no longer depends on
 |g|, which tames the heavy tails of the SPSA estimate. (ZO-signSGD, Liu et
 al. 2019, instead takes the elementwise sign of ĝ = g·z, i.e. sign(g)·sign(z);
 that needs sign(z) inside the kernel pass and is not what this estimator
