@@ -5,10 +5,11 @@ its own process: fp32; the 16-bit dtype with ``estimator.stochastic_rounding``
 (the default); and the 16-bit dtype rounding every update to nearest. Every
 run draws the same z and the same batches, so the only difference is the
 arithmetic. Printed: the logged training loss of each run every ``--every``
-steps, the final dev/test figures, and the drift of each 16-bit run's trained
-parameters from fp32's, ‖θ − θ_fp32‖ / ‖θ_fp32‖ over every trainable tensor
-saved (the model, or a LoRA adapter), next to the drift of θ_fp32 rounded once
-to the 16-bit dtype (what storing the fp32 result in 16 bits costs anyway).
+steps, the final dev/test figures, and, over every tensor the runs saved that
+the model's initial state has (the full model; a LoRA adapter's keys are not
+matched), how far training moved each run, Δ = θ_end − θ_start with θ_start
+the run's own initial weights (a 16-bit random init is not fp32's rounded):
+‖Δ‖ / ‖Δ_fp32‖ (0: the run did not move) and the drift ‖Δ − Δ_fp32‖ / ‖Δ_fp32‖.
 """
 
 from __future__ import annotations
@@ -53,9 +54,16 @@ def _trained(run_dir: Path) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _drift(params: Dict[str, torch.Tensor], ref: Dict[str, torch.Tensor]) -> float:
-    diff = sum(float((params[k] - ref[k]).double().pow(2).sum()) for k in ref)
-    return (diff / sum(float(v.double().pow(2).sum()) for v in ref.values())) ** 0.5
+def _initial(overrides: List[str]) -> Dict[str, torch.Tensor]:
+    """The weights a run with these overrides starts from (load_model with the run's seed)."""
+    from zorun.models import load_model
+
+    cfg = compose(overrides)
+    return {k: v.detach().float() for k, v in load_model(cfg.model, cfg.seed).state_dict().items()}
+
+
+def _norm(tensors: Dict[str, torch.Tensor]) -> float:
+    return sum(float(v.double().pow(2).sum()) for v in tensors.values()) ** 0.5
 
 
 def bench_rounding(args: argparse.Namespace) -> Dict[str, Any]:
@@ -72,12 +80,16 @@ def bench_rounding(args: argparse.Namespace) -> Dict[str, Any]:
     for i, (name, extra) in enumerate(variants.items()):
         print(f"running {name} ...", flush=True)
         runs[name] = _run([*base, *extra], root / str(i))
-    ref = runs["float32"]["params"]
-    dtype = getattr(torch, args.dtype)
-    once = {k: v.to(dtype).float() for k, v in ref.items()}
+    moved = {}
+    for name, extra in variants.items():
+        start = _initial([*base, *extra])
+        moved[name] = {k: v - start[k] for k, v in runs[name]["params"].items() if k in start}
+    ref = moved["float32"]
+    if not ref or _norm(ref) == 0:
+        raise ZorunError("no saved tensor matches the model's initial state (a LoRA adapter?), or fp32 did not move")
     print(f"zorun-bench rounding  {cfg.model.name} {cfg.estimator.name}/{cfg.sampler.name} task={cfg.task.name} "
           f"lr={cfg.estimator.lr} seed={cfg.seed}, {args.steps} steps, {sum(v.numel() for v in ref.values())} "
-          f"trained elements compared; runs in {root}")
+          f"elements compared; runs in {root}")
     names = list(runs)
     print(f"{'step':>6} " + " ".join(f"{n:>22}" for n in names) + "   (training loss, mean since the last row)")
     for step in sorted(runs["float32"]["losses"]):
@@ -86,12 +98,11 @@ def bench_rounding(args: argparse.Namespace) -> Dict[str, Any]:
     for n in names:
         s = runs[n]["summary"]
         rows[n] = {"train_loss": s["train_loss"], "dev": s["dev"], "test": s["test"],
-                   "drift_vs_fp32": _drift(runs[n]["params"], ref)}
+                   "moved_vs_fp32": _norm(moved[n]) / _norm(ref),
+                   "drift_vs_fp32": _norm({k: moved[n][k] - ref[k] for k in ref}) / _norm(ref)}
         print(f"{n:<22} train loss {s['train_loss']:.4f}  dev {_fmt(s['dev'])}  test {_fmt(s['test'])}  "
-              f"drift from fp32 {rows[n]['drift_vs_fp32']:.3e}")
-    print(f"fp32's result rounded once to {args.dtype}: drift {_drift(once, ref):.3e}")
-    return {"command": "rounding", "root": str(root), "runs": {n: {"losses": runs[n]["losses"], **rows[n]} for n in names},
-            "rounded_once_drift": _drift(once, ref)}
+              f"moved {rows[n]['moved_vs_fp32']:.3f}x fp32's, drift {rows[n]['drift_vs_fp32']:.3f}")
+    return {"command": "rounding", "root": str(root), "runs": {n: {"losses": runs[n]["losses"], **rows[n]} for n in names}}
 
 
 def _fmt(split: Dict[str, float]) -> str:
