@@ -15,7 +15,7 @@ def test_step_compares_samplers_side_by_side(tmp_path, capsys):
           "--seq-len", "16", "--steps", "3", "--json", str(out)])
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
-    names = ["zorun mezo/uniform", "zorun mezo/adalezo", "MeZO-style (4 x torch.normal)"]
+    names = ["zorun mezo/uniform", "zorun mezo/adalezo", "MeZO trainer (torch.normal x4)"]
     assert list(result["figures"]) == names
     for name in names:
         assert name in printed

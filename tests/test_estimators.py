@@ -9,7 +9,9 @@ tolerances derived in their docstrings.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
+import logging
 
 import pytest
 import torch
@@ -20,13 +22,13 @@ from omegaconf import OmegaConf
 from conftest import tiny_llama
 from zorun.checkpoint import join_tensors, split_tensors
 from zorun.config import ESTIMATOR_SCHEMAS
-from zorun.estimators.adam import ZOAdam
+from zorun.estimators.zo_adam import ZOAdam
 from zorun.estimators.first_order import FOAdam
 from zorun.estimators.hizoo import HiZOO
 from zorun.estimators.lozo import LOZOM
-from zorun.estimators.momentum import ZOMomentum
+from zorun.estimators.zo_sgd_momentum import ZOMomentum
 from zorun.estimators.schedule import LRSchedule
-from zorun.kernels.reference import z_chunks
+from zorun.kernels import z_chunks
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed
 from zorun.registry import ESTIMATORS
@@ -424,3 +426,39 @@ def test_lr_schedules():
     assert LRSchedule(3.0, 100)(99) == 3.0
     with pytest.raises(ValueError):
         LRSchedule(1.0, 10, kind="step")
+
+
+# ------------------------------------------------------- 16-bit θ: rounding
+def _first_update(name, dtype, lr, stochastic):
+    """Δθ of one step from θ = 1 (a 256×128 block) with a scripted loss oracle; ε = 1e-5 vanishes in bf16."""
+    space = ParamSpace([("layers.0.mlp.weight", nn.Parameter(torch.ones(256, 128, dtype=dtype)))])
+    est = ESTIMATORS[name](est_cfg(name, lr=lr, eps=1e-5, stochastic_rounding=stochastic), space)
+    losses = itertools.cycle([1.0, 0.0, 0.5])
+    est.step(Plan(mix_seed(3, 0), space.all_blocks()), lambda: next(losses), lr, Clock())
+    return space.blocks[0].tensor.detach().float() - 1.0
+
+
+@pytest.mark.parametrize("name", ZO)
+def test_bf16_updates_below_half_an_ulp_move_theta_in_expectation(name):
+    """Scaled so every fp32 update is below half a bf16 ulp at 1 (2^-9): nearest rounding leaves θ at 1;
+    stochastic rounding, the default, moves it by the fp32 update on average (regression slope 1 ± 5 SE)."""
+    unit = _first_update(name, torch.float32, 1.0, True).abs().max().item()
+    lr = 1.5e-3 / unit  # every step here is linear in lr
+    want = _first_update(name, torch.float32, lr, True)
+    assert 0 < want.abs().max() < 2.0**-9
+    assert torch.equal(_first_update(name, torch.bfloat16, lr, False), torch.zeros_like(want))
+    assert OmegaConf.structured(ESTIMATOR_SCHEMAS[name]).stochastic_rounding is True
+    got = _first_update(name, torch.bfloat16, lr, True)
+    assert (got != 0).float().mean() > 0.02
+    slope = float((got * want).sum() / (want * want).sum())
+    assert abs(slope - 1) < 0.15, f"{name}: slope {slope:.3f}"
+
+
+def test_stochastic_rounding_is_logged_for_16_bit_parameters(caplog):
+    caplog.set_level(logging.INFO, logger="zorun.estimators.base")
+    for dtype, stochastic in ((torch.bfloat16, True), (torch.float16, False), (torch.float32, True)):
+        space = ParamSpace([("layers.0.mlp.weight", nn.Parameter(torch.ones(4, 4, dtype=dtype)))])
+        ESTIMATORS["mezo"](est_cfg("mezo", stochastic_rounding=stochastic), space)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["estimator.stochastic_rounding=true: updates round the 1 16-bit parameter tensors stochastically",
+                     "estimator.stochastic_rounding=false: updates round the 1 16-bit parameter tensors to nearest"]

@@ -1,11 +1,13 @@
-"""Kernel passes checked against plain torch formulas, for both backends.
+"""Kernel passes checked against plain torch formulas, for every backend.
 
 Every check is parametrised by backend. In the normal pytest process the
-backend is the torch reference; Triton's kernels run on CPU only under its
-interpreter, and TRITON_INTERPRET=1 must be set before triton is first
-imported, so ``test_triton_kernels_interpreted`` re-runs this same file in a
-subprocess with the flag set, where the backend is Triton (float32 and bf16,
-tensors of a few thousand elements: the interpreter is slow).
+backends are the torch reference and the numba CPU kernels; Triton's kernels
+run on CPU only under its interpreter, and TRITON_INTERPRET=1 must be set
+before triton is first imported, so ``test_triton_kernels_interpreted``
+re-runs this same file in a subprocess with the flag set, where the backend
+is Triton (float32 and bf16, tensors of a few thousand elements: the
+interpreter is slow). tests/test_kernels_cpu.py compares the numba and
+Triton bits.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from zorun.params import ParamSpace
 from zorun.plan import Plan
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-BACKENDS = ["triton"] if INTERPRETED else ["torch"]
+BACKENDS = ["triton"] if INTERPRETED else ["torch", "numba"]
 ODD_SHAPES = [(1,), (17,), (1000,), (3, 257)]  # 1-D blocks do not decay, the matrix does
 
 
@@ -203,6 +205,28 @@ def test_adam_matches_the_formula(backend, per_block_step):
         torch.testing.assert_close(blk.tensor.detach(), theta[b], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("smooth", [0.0, 0.3])
+def test_hizoo_matches_the_formula(backend, smooth):
+    """Along z/√H: θ ← k·(θ + r·s·z/√H); H ← H·(1 − α + α·(κ/s²)·z²) when α ≠ 0; θ −= c·w·s·z/√H (new H)."""
+    space = make_space()
+    theta = values(space)
+    h = [torch.rand(b.tensor.shape, generator=torch.Generator().manual_seed(b.id)) + 0.5 for b in space.blocks]
+    expected_h = [x.clone() for x in h]
+    restore, coef, curvature, decay = 1e-3, 0.05, 2.5, 0.1
+    plan = plan_of(space, seed=61)
+    z = z_of(ODD_SHAPES, plan)
+    kernels.update_hizoo_(space, plan, restore, coef, h, smooth=smooth, curvature=curvature, decay=decay)
+    for b, blk in enumerate(space.blocks):
+        s, w = per_block(plan, "scale", b), per_block(plan, "weight", b)
+        keep = 1 - decay if blk.decay else 1.0
+        x = keep * (theta[b] + restore * s * z[b] / expected_h[b].sqrt())
+        if smooth:
+            expected_h[b] = expected_h[b] * (1 - smooth + smooth * curvature / s**2 * z[b] ** 2)
+        want = x - coef * w * s * z[b] / expected_h[b].sqrt()
+        torch.testing.assert_close(h[b], expected_h[b], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(blk.tensor.detach(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_bad_state_is_refused_before_any_write(backend):
     space = make_space()
     before = values(space)
@@ -363,8 +387,9 @@ else:
             kernels.select("triton", make_space())
         assert kernels.current() == "auto"
 
-    def test_auto_uses_the_reference_on_cpu():
-        assert kernels.select("auto", make_space()) == "kernels=auto -> cpu: torch"
+    def test_auto_uses_numba_on_cpu():
+        assert kernels.select("auto", make_space()) == "kernels=auto -> cpu: numba"
+        kernels.select("auto")
         with pytest.raises(ZorunError, match="kernels=fast is unknown"):
             kernels.select("fast")
 

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from conftest import tiny_llama
 from zorun import kernels
 from zorun.estimators.mezo import MeZO
-from zorun.kernels.reference import z_chunks
+from zorun.kernels import z_chunks
 from zorun.params import ParamSpace
 from zorun.plan import Plan
 from zorun.samplers.uniform import UniformSampler

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from torch.func import functional_call
 
 from zorun import kernels
-from zorun.kernels.reference import z_chunks
+from zorun.kernels import z_chunks
 from zorun.params import ParamSpace
 from zorun.samplers.pertnn import PertNNSampler, normalisation
 from zorun.samplers.pertnn_meta import History, MetaLearner

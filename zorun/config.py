@@ -38,8 +38,9 @@ class NonFinite(str, Enum):
 
 
 class KernelBackend(str, Enum):
-    auto = "auto"  # Triton for CUDA tensors when it imports, the torch reference otherwise
+    auto = "auto"  # Triton for CUDA tensors, numba for CPU tensors, the torch reference where either is missing
     triton = "triton"
+    numba = "numba"
     torch = "torch"
 
 
@@ -168,6 +169,7 @@ class ZOEstimatorConfig(EstimatorConfig):
     eps: float = 1e-3
     one_sided: bool = False  # (L(θ+εz) − L(θ))/ε instead of the central difference
     q: int = 1  # queries per step, averaged, applied sequentially
+    stochastic_rounding: bool = True  # update passes round 16-bit θ unbiasedly, so updates below half an ulp count
 
 
 @dataclass

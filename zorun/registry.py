@@ -12,14 +12,14 @@ from omegaconf import DictConfig
 
 import zorun.samplers  # noqa: F401  (every sampler module registers itself)
 from zorun.errors import ConfigError
-from zorun.estimators.adam import ZOAdam
+from zorun.estimators.zo_adam import ZOAdam
 from zorun.estimators.base import Estimator
 from zorun.estimators.first_order import FOAdam, FOSGD
 from zorun.estimators.hizoo import HiZOO
 from zorun.estimators.lozo import LOZO, LOZOM
 from zorun.estimators.mezo import MeZO
-from zorun.estimators.momentum import ZOMomentum
-from zorun.estimators.sign import ZOSign
+from zorun.estimators.zo_sgd_momentum import ZOMomentum
+from zorun.estimators.zo_sign import ZOSign
 from zorun.samplers.base import SAMPLERS, Sampler
 
 ESTIMATORS: Dict[str, Type[Estimator]] = {

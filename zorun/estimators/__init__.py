@@ -1,1 +1,1 @@
-"""ZO optimisers (and, later, first-order baselines): forward passes and update rules."""
+"""The estimators: a step's forward passes and update rule, ZO (through zorun.kernels) and first-order baselines."""

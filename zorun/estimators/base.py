@@ -16,10 +16,14 @@ the best one, d_{i*} with i* = argmin f_i (K + 2 forward passes). The logged
 losses hold the f_i, so a replay picks the same candidate.
 No estimator keeps an RNG: every random draw is keyed by the Plan's seed,
 so a state_dict plus the sampler's state reproduces a run exactly.
+``estimator.stochastic_rounding`` (default true) makes every update pass
+round 16-bit parameters stochastically, so an update below half an ulp still
+moves them on average; perturbations and restores round to nearest.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
@@ -32,6 +36,8 @@ from zorun.errors import ConfigError
 from zorun.params import ParamSpace
 from zorun.plan import Plan
 from zorun.timing import Clock
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +63,12 @@ class Estimator:
         self.cfg = cfg
         self.space = space
         self.steps = 0  # completed steps
+        # the ZO estimators' update passes: unbiased rounding of 16-bit θ (first-order ones have no such key)
+        self.stochastic = bool(cfg.get("stochastic_rounding", False))
+        sixteen = sum(b.tensor.dtype in (torch.float16, torch.bfloat16) for b in space.blocks)
+        if "stochastic_rounding" in cfg and sixteen:
+            log.info("estimator.stochastic_rounding=%s: updates round the %d 16-bit parameter tensors %s",
+                     str(self.stochastic).lower(), sixteen, "stochastically" if self.stochastic else "to nearest")
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:

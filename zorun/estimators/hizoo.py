@@ -27,34 +27,20 @@ logging; the step's loss here is L0); H is fp32 whatever θ's dtype; z comes
 from the per-block counter-keyed generator, not torch's global seed. The
 public script's default α is 0 (``constant0``), its README uses 1e-8.
 
-Why torch passes and not the kernels: the kernels' pass algebra scales z by
-one number per block, while HiZOO scales it per element by 1/√H and must
-read H in the perturbation passes too. The passes below regenerate z chunk by
-chunk with the reference kernels' generator (:func:`zorun.kernels.reference.z_chunks`)
-and work in fixed-size scratch buffers, so memory stays at model + H; they are
-correct on every device but are several small launches per chunk on GPU,
-not one fused Triton kernel.
+The passes are the kernels' hizoo pass (:func:`zorun.kernels.update_hizoo_`):
+z regenerated from the Plan's seed and scaled by 1/√H per element, H read
+(and in the update, its EMA written) in the same pass, so memory stays at
+model + H, and the update rounds 16-bit θ stochastically like every ZO
+estimator's (``estimator.stochastic_rounding``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict
 
-import torch
-
+from zorun import kernels
 from zorun.errors import ConfigError
 from zorun.estimators.base import Estimator, StepResult, copy_into, fp32_like, nbytes
-from zorun.kernels.reference import CHUNK, z_chunks
-from zorun.plan import Plan
-
-_scratch: Dict[torch.device, torch.Tensor] = {}
-
-
-def _buffers(device: torch.device) -> torch.Tensor:
-    if device not in _scratch:
-        _scratch[device] = torch.empty(2, CHUNK, dtype=torch.float32, device=device)
-    return _scratch[device]
 
 
 class HiZOO(Estimator):
@@ -78,33 +64,6 @@ class HiZOO(Estimator):
     def state_bytes(self) -> int:
         return nbytes(self.h)
 
-    @torch.no_grad()
-    def _pass(self, plan: Plan, alpha: float, update=None) -> None:
-        """θ_b += α·s_b·z/√H_b; with update=(g, c, lr, decay) also H ← (1−a)H + a·(c/s²)·H·z² and the θ step."""
-        for i, b in enumerate(plan.blocks.tolist()):
-            block = self.space.blocks[b]
-            s, w = plan.scale_of(i), plan.weight_of(i)
-            flat, h_flat = block.tensor.data.view(-1), self.h[b].view(-1)
-            wide, dz = _buffers(block.tensor.device)
-            fp32 = block.tensor.dtype == torch.float32
-            for z, start in z_chunks(block.tensor, plan.seed, b):
-                n = z.numel()
-                view, h = flat[start : start + n], h_flat[start : start + n]
-                x = view if fp32 else wide[:n].copy_(view)
-                d = torch.rsqrt(h, out=dz[:n]).mul_(z)  # Σ_t^{1/2} z
-                x.add_(d, alpha=alpha * s)  # perturb, or restore fused with the update
-                if update is not None:
-                    g, curvature, lr, decay = update
-                    if block.decay and decay:
-                        x.mul_(1.0 - decay)
-                    if s != 0.0:  # a block with scale 0 was not probed: its curvature is unknown
-                        a = self.cfg.hessian_smooth
-                        # H ← (1 − a)·H + a·(c/s²)·H·z² = H·(1 − a + a·(c/s²)·z²)
-                        h.mul_(torch.mul(z, z, out=dz[:n]).mul_(a * curvature / (s * s)).add_(1.0 - a))
-                    x.sub_(torch.rsqrt(h, out=dz[:n]).mul_(z), alpha=lr * g * w * s)  # − η·g·w·s·Σ_{t+1}^{1/2} z
-                if not fp32:
-                    view.copy_(x)
-
     def step(self, plan, loss, lr, clock) -> StepResult:
         eps = self.cfg.eps
         with clock("forward"):
@@ -112,21 +71,23 @@ class HiZOO(Estimator):
         if not math.isfinite(l0):
             return StepResult(l0, float("nan"), 1, finite=False)
         with clock("perturb"):
-            self._pass(plan, eps)
+            kernels.update_hizoo_(self.space, plan, restore=eps, coef=0.0, h=self.h)
         with clock("forward"):
             lp = loss()
         with clock("perturb"):
-            self._pass(plan, -2 * eps)
+            kernels.update_hizoo_(self.space, plan, restore=-2 * eps, coef=0.0, h=self.h)
         with clock("forward"):
             lm = loss()
         if not (math.isfinite(lp) and math.isfinite(lm)):
             with clock("update"):
-                self._pass(plan, eps)
+                kernels.update_hizoo_(self.space, plan, restore=eps, coef=0.0, h=self.h)
             return StepResult(float("nan"), float("nan"), 3, finite=False)
         g = (lp - lm) / (2 * eps)
         curvature = abs(lp + lm - 2 * l0) / (2 * eps * eps)
-        with clock("update"):
-            self._pass(plan, eps, update=(g, curvature, lr, lr * self.cfg.weight_decay))
+        with clock("update"):  # θ ← k·(θ + ε·s·z/√H_t); H_{t+1}; θ −= η·g·w·s·z/√H_{t+1}
+            kernels.update_hizoo_(self.space, plan, restore=eps, coef=lr * g, h=self.h,
+                                  smooth=self.cfg.hessian_smooth, curvature=curvature,
+                                  decay=lr * self.cfg.weight_decay, stochastic=self.stochastic)
         self.steps += 1
         return StepResult(l0, g, 3, extras={"loss_plus": lp, "loss_minus": lm, "curvature": curvature})
 

@@ -24,13 +24,14 @@ it: a window starts per block at its first active step in that window
 (identical under sampler=uniform, and well-defined when a sampler skips
 blocks); weight decay is decoupled and skips biases and norm weights; the
 Plan's per-block scale s and weight w multiply the direction (ε·s·U Vᵀ) and
-the update (w·s) as for every estimator. The paper's equation numbers could
-not be checked here (only the abstract of the paper was available to us);
-the formulas above follow the public code, which they match line by line.
+the update (w·s) as for every estimator. The formulas above follow the
+public code line by line.
 
 The matrix passes are row-chunked ``addmm_`` calls into θ: no m×n temporary
 is ever allocated, and restore and update are one pass:
-θ ← k·θ + (k·r·s·U − η·…)·Vᵀ with k the decay factor.
+θ ← k·θ + (k·r·s·U − η·…)·Vᵀ with k the decay factor. With
+``estimator.stochastic_rounding`` the update rounds 16-bit matrices
+stochastically (uniforms from the step's seed), as the kernels do the 1-D blocks.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ import torch
 
 from zorun import kernels
 from zorun.estimators.base import ZOEstimator, copy_into, fp32_like, nbytes
-from zorun.kernels.reference import CHUNK
+from zorun.kernels.reference import CHUNK, round_stochastic_
 from zorun.plan import Plan, mix_seed
 
-_U_STREAM, _V_STREAM = 2, 3  # sub-streams: mix_seed(seed, block, stream)
+_U_STREAM, _V_STREAM, _ROUND_STREAM = 2, 3, 4  # sub-streams: mix_seed(seed, block, stream)
 _generators: Dict[torch.device, torch.Tensor] = {}
 
 
@@ -64,16 +65,22 @@ def _subset(plan: Plan, rows: List[int]) -> Plan:
 
 
 @torch.no_grad()
-def lowrank_update_(theta: torch.Tensor, a: torch.Tensor, v: torch.Tensor, keep: float = 1.0, alpha: float = 1.0) -> None:
-    """θ ← keep·θ + alpha·A·Vᵀ for θ viewed as m×n, in row chunks of about CHUNK elements (fp32 arithmetic)."""
+def lowrank_update_(theta: torch.Tensor, a: torch.Tensor, v: torch.Tensor, keep: float = 1.0, alpha: float = 1.0,
+                    rounding: Optional[torch.Generator] = None) -> None:
+    """θ ← keep·θ + alpha·A·Vᵀ for θ viewed as m×n, in row chunks of about CHUNK elements (fp32 arithmetic);
+    16-bit θ rounded to nearest, or stochastically with uniforms from `rounding`."""
     mat = theta.data.view(theta.shape[0], -1)
     rows = max(1, CHUNK // mat.shape[1])
     for start in range(0, mat.shape[0], rows):
         view = mat[start : start + rows]
         if view.dtype == torch.float32:
             view.addmm_(a[start : start + rows], v.t(), beta=keep, alpha=alpha)
+            continue
+        x = torch.addmm(view.float(), a[start : start + rows], v.t(), beta=keep, alpha=alpha)
+        if rounding is None:
+            view.copy_(x)
         else:
-            view.copy_(torch.addmm(view.float(), a[start : start + rows], v.t(), beta=keep, alpha=alpha))
+            round_stochastic_(view, x, torch.rand(x.shape, generator=rounding, device=x.device))
 
 
 class LOZO(ZOEstimator):
@@ -105,6 +112,13 @@ class LOZO(ZOEstimator):
     def _keep(self, b: int, decay: float) -> float:
         return 1.0 - decay if self.space.blocks[b].decay else 1.0
 
+    def _rounding(self, plan: Plan, b: int) -> Optional[torch.Generator]:
+        """The uniforms of block b's stochastic rounding in this update (None: round to nearest)."""
+        if not self.stochastic:
+            return None
+        device = self.space.blocks[b].tensor.device
+        return torch.Generator(device=device).manual_seed(mix_seed(plan.seed, b, _ROUND_STREAM))
+
     def begin(self, plan):
         window = self.steps // self.cfg.interval
         for b in plan.blocks.tolist():
@@ -132,12 +146,12 @@ class LOZO(ZOEstimator):
         coef = lr * g / self.cfg.q
         dense, mats = self._split(plan)
         if dense is not None:
-            kernels.update_(self.space, dense, restore=restore, coef=coef, decay=decay)
+            kernels.update_(self.space, dense, restore=restore, coef=coef, decay=decay, stochastic=self.stochastic)
         for i, b in mats:
             s, w, keep = plan.scale_of(i), plan.weight_of(i), self._keep(b, decay)
             # θ ← k·(θ + r·s·U Vᵀ) − η·g·w·s·U Vᵀ
             lowrank_update_(self.space.blocks[b].tensor, self._u(plan, b), self.v[b], keep=keep,
-                            alpha=keep * restore * s - coef * w * s)
+                            alpha=keep * restore * s - coef * w * s, rounding=self._rounding(plan, b))
 
     def state_dict(self):
         return {**super().state_dict(), "v": self.v, "window": self.window}
@@ -179,7 +193,7 @@ class LOZOM(LOZO):
                 rows = sel.nonzero().flatten().tolist()
                 if rows:
                     kernels.update_momentum_(self.space, _subset(dense, rows), restore=restore, grad=grad, lr=lr,
-                                             momentum=momentum, buf=self.buf, decay=decay)
+                                             momentum=momentum, buf=self.buf, decay=decay, stochastic=self.stochastic)
         for i, b in mats:
             s, w, keep = plan.scale_of(i), plan.weight_of(i), self._keep(b, decay)
             u = self._u(plan, b)
@@ -190,7 +204,7 @@ class LOZOM(LOZO):
                 self.m[b].mul_(beta).add_(u, alpha=(1.0 - beta) * c)
             # θ ← k·(θ + r·s·U Vᵀ) − η·M Vᵀ = k·θ + (k·r·s·U − η·M)·Vᵀ
             lowrank_update_(self.space.blocks[b].tensor, u.mul_(keep * restore * s).sub_(self.m[b], alpha=lr),
-                            self.v[b], keep=keep)
+                            self.v[b], keep=keep, rounding=self._rounding(plan, b))
         self.fresh[plan.blocks] = False
 
     def state_dict(self):

@@ -17,4 +17,4 @@ class MeZO(ZOEstimator):
 
     def apply(self, plan, query, restore, g, lr):
         kernels.update_(self.space, plan, restore=restore, coef=lr * g / self.cfg.q,
-                        decay=self.decay(lr) if query == 0 else 0.0)
+                        decay=self.decay(lr) if query == 0 else 0.0, stochastic=self.stochastic)

@@ -10,6 +10,8 @@ from (plan.seed, b, element) and regenerated, never stored:
                        m_b ← β1·m_b + (1−β1)·ĝ;  v_b ← β2·v_b + (1−β2)·ĝ²;
                        θ_b −= η·(m_b/(1−β1^t)) / (sqrt(v_b/(1−β2^t)) + ε_adam)
     accumulate_:       into_b += c·w_b·s_b·z_b   (θ untouched)
+    update_hizoo_:     θ_b ← k_b·(θ_b + r·s_b·z_b/√H_b);  H_b ← H_b·(1 − α + α·(κ/s_b²)·z_b²)  (α ≠ 0);
+                       θ_b −= c·w_b·s_b·z_b/√H_b        (HiZOO's diagonal preconditioner H)
 
 When the Plan carries a mean μ_b (LDSD's policy mean), every s_b·z_b above
 except accumulate_'s stands for the whole direction μ_b + s_b·z_b, fused into
@@ -18,11 +20,11 @@ the same pass (no temporary of the direction).
 with k_b = 1 − decay when block b decays (ParamSpace's ``decay`` flag; the
 caller passes decay = η·λ), else 1. r (``restore``) undoes the last
 perturbation in the same pass. Each is one pass over the active blocks (one
-Triton launch per dtype and device); inactive blocks, their θ and their
+Triton launch per dtype and device, one numba call); inactive blocks, their θ and their
 state, are not touched. State tensors are fp32, θ's shape, indexed by block
 id. ``stochastic=True`` rounds 16-bit θ stochastically (unbiased), so updates
 below half an ulp still move θ on average; fp32 θ is unaffected.
-Backend choice: :func:`select` (``kernels=auto|triton|torch``).
+Backend choice: :func:`select` (``kernels=auto|triton|numba|torch``); :func:`z_chunks` gives the z a pass applies.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from typing import Sequence, Tuple
 
 import torch
 
-from zorun.kernels.dispatch import BACKENDS, current, run, select
-from zorun.kernels.passes import ACCUMULATE, ADAM, MOMENTUM, Pass, StepArg
+from zorun.kernels.dispatch import BACKENDS, current, run, select, z_chunks
+from zorun.kernels.passes import ACCUMULATE, ADAM, HIZOO, MOMENTUM, Pass, StepArg
 from zorun.params import ParamSpace
 from zorun.plan import Plan
 
-__all__ = ["perturb_", "update_", "update_momentum_", "update_adam_", "accumulate_", "select", "current", "BACKENDS"]
+__all__ = ["perturb_", "update_", "update_momentum_", "update_adam_", "update_hizoo_", "accumulate_", "select",
+           "current", "z_chunks", "BACKENDS"]
 
 
 def perturb_(space: ParamSpace, plan: Plan, alpha: float) -> None:
@@ -65,6 +68,14 @@ def update_adam_(space: ParamSpace, plan: Plan, restore: float, grad: float, lr:
     run(space, plan, restore, grad, decay,
         Pass(mode=ADAM, lr=lr, beta1=betas[0], beta2=betas[1], adam_eps=eps, states=(m, v),
              stochastic=stochastic), step=step)
+
+
+def update_hizoo_(space: ParamSpace, plan: Plan, restore: float, coef: float, h: Sequence[torch.Tensor],
+                  smooth: float = 0.0, curvature: float = 0.0, decay: float = 0.0, stochastic: bool = False) -> None:
+    """Along z/√H: θ_b ← k_b·(θ_b + restore·s_b·z_b/√H_b); H_b ← H_b·(1 − α + α·(κ/s_b²)·z_b²) when α = smooth ≠ 0
+    (not for blocks with s_b = 0); θ_b −= coef·w_b·s_b·z_b/√H_b with the new H. coef = 0, α = 0: a perturbation."""
+    run(space, plan, restore, coef, decay,
+        Pass(mode=HIZOO, smooth=smooth, curvature=curvature, states=(h,), stochastic=stochastic))
 
 
 def accumulate_(space: ParamSpace, plan: Plan, coef: float, into: Sequence[torch.Tensor]) -> None:

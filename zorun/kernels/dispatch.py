@@ -1,17 +1,20 @@
-"""Which backend executes a pass: Triton for CUDA tensors when it imports, the torch reference otherwise.
+"""Which backend executes a pass: Triton for CUDA tensors, numba for CPU tensors, the torch reference where
+either does not import.
 
-The choice (``kernels=auto|triton|torch``) is made once at setup with
+The choice (``kernels=auto|triton|numba|torch``) is made once at setup with
 :func:`select`, which checks that it can work for the model's devices and
-returns a line for the log. ``triton`` on CPU tensors is accepted only under
-``TRITON_INTERPRET=1`` (the kernel tests); the variable must be set before
-triton is first imported.
+returns a line for the log (with the reason when auto falls back to torch).
+``triton`` on CPU tensors is accepted only under ``TRITON_INTERPRET=1`` (the
+kernel tests); the variable must be set before triton is first imported.
+Triton and numba draw the same z (:mod:`zorun.kernels.stream`); the torch
+reference draws its own.
 """
 
 from __future__ import annotations
 
 import os
 from types import ModuleType
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -21,10 +24,12 @@ from zorun.kernels.passes import Pass, StepArg, check_states, coefficients, mean
 from zorun.params import ParamSpace
 from zorun.plan import Plan
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "numba", "torch")
 _choice = "auto"
 _triton: Optional[ModuleType] = None
 _triton_error: Optional[str] = None
+_cpu: Optional[ModuleType] = None
+_cpu_error: Optional[str] = None
 
 
 def interpreted() -> bool:
@@ -44,13 +49,26 @@ def triton_module() -> Optional[ModuleType]:
     return _triton
 
 
+def cpu_module() -> Optional[ModuleType]:
+    """zorun.kernels.cpu, imported on first use (None, with the reason kept, if numba is missing)."""
+    global _cpu, _cpu_error
+    if _cpu is None and _cpu_error is None:
+        try:
+            from zorun.kernels import cpu
+
+            _cpu = cpu
+        except ImportError as err:  # numba absent, or built for another numpy
+            _cpu_error = f"{type(err).__name__}: {err}"
+    return _cpu
+
+
 def backend_for(device: torch.device) -> str:
-    """'triton' or 'torch' for tensors on device, under the current choice."""
-    if _choice == "torch":
-        return "torch"
-    if _choice == "triton":
-        return "triton"
-    return "triton" if device.type == "cuda" and triton_module() is not None else "torch"
+    """'triton', 'numba' or 'torch' for tensors on device, under the current choice."""
+    if _choice != "auto":
+        return _choice
+    if device.type == "cuda":
+        return "triton" if triton_module() is not None else "torch"
+    return "numba" if device.type == "cpu" and cpu_module() is not None else "torch"
 
 
 def select(name: str = "auto", space: Optional[ParamSpace] = None) -> str:
@@ -68,12 +86,22 @@ def select(name: str = "auto", space: Optional[ParamSpace] = None) -> str:
         if cpu and not interpreted():
             raise ZorunError(f"kernels=triton needs CUDA tensors but the model has parameters on {cpu[0]}; "
                              f"use kernels=auto or kernels=torch")
+    if name == "numba":
+        if cpu_module() is None:
+            raise ZorunError(f"kernels=numba but numba does not import ({_cpu_error}); "
+                             f"pip install numba, or use kernels=torch")
+        other = [d for d in devices if d.type != "cpu"]
+        if other:
+            raise ZorunError(f"kernels=numba needs CPU tensors but the model has parameters on {other[0]}; "
+                             f"use kernels=auto or kernels=triton")
     _choice = name
     if not devices:
         return f"kernels={name}"
     used = ", ".join(f"{d}: {backend_for(d)}" for d in devices)
-    note = f" (triton unavailable: {_triton_error})" if name == "auto" and _triton_error else ""
-    return f"kernels={name} -> {used}{note}"
+    notes = [f"{what} unavailable: {error}" for what, error, kind in
+             (("triton", _triton_error, "cuda"), ("numba", _cpu_error, "cpu"))
+             if name == "auto" and error and any(d.type == kind for d in devices)]
+    return f"kernels={name} -> {used}" + "".join(f" ({n})" for n in notes)
 
 
 def current() -> str:
@@ -94,5 +122,20 @@ def run(space: ParamSpace, plan: Plan, restore: float, coef: float, decay: float
         blocks.append(b)
         rows.append(row)
     for backend, (blocks, rows) in groups.items():
-        module = reference if backend == "torch" else triton_module()
-        module.run_pass(space, plan.seed, blocks, rows, p, mean)
+        _module(backend).run_pass(space, plan.seed, blocks, rows, p, mean)
+
+
+def _module(backend: str) -> ModuleType:
+    return {"torch": reference, "triton": triton_module(), "numba": cpu_module()}[backend]
+
+
+def z_chunks(param: torch.Tensor, seed: int, block: int) -> Iterator[Tuple[torch.Tensor, int]]:
+    """Yield (fp32 z chunk, its start in the flat param) of block's z as the passes on param's device draw it.
+
+    Triton's z is the Philox stream, regenerated here on the CPU (numba) and moved to the device.
+    """
+    if backend_for(param.device) == "torch":
+        return reference.z_chunks(param, seed, block)
+    if cpu_module() is None:
+        raise ZorunError(f"regenerating the Philox z on the CPU needs numba ({_cpu_error}); use kernels=torch")
+    return cpu_module().z_chunks(param, seed, block)

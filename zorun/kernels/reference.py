@@ -1,30 +1,28 @@
-"""Torch reference of the kernel passes, for CPU and tensors Triton cannot take.
+"""Torch reference of the kernel passes: the fallback where numba (CPU) or Triton (CUDA) does not import.
 
 z is produced in chunks of CHUNK elements into one reused float32 buffer per
 device, so no full-size temporary of a large tensor is ever allocated, and a
 pass touches each parameter once while its chunk is in cache. Every pass over
 a block draws the same chunk sequence from a generator seeded with
 mix_seed(seed, block), so z is reproduced exactly between the perturbation and
-the update. The numbers are the same in distribution as the Triton kernels',
+the update. The numbers are the same in distribution as the Philox backends',
 not the same bits (torch's generators are not Philox-by-offset on every device).
 The algebra of each pass is documented in :mod:`zorun.kernels.passes`.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from zorun.kernels.passes import ACCUMULATE, ADAM, MOMENTUM, PLAIN, Pass
+from zorun.kernels.passes import ACCUMULATE, ADAM, HIZOO, MOMENTUM, PLAIN, Pass
 from zorun.params import ParamSpace
 from zorun.plan import mix_seed
 
-# 128 KiB of fp32: z and the chunks of θ and state stay in cache while a chunk is processed. At
-# most torch's parallel grain (32768), so the elementwise ops on a chunk run on the calling thread:
-# randn is serial anyway, and a fork/join per small op cost 7x per element on a busy 2-core machine.
+# 128 KiB of fp32: z and the chunks of θ and state stay in cache while a chunk is processed.
 CHUNK = 1 << 15
-SQRT_PIECE = 2048  # torch parallelises sqrt above 2048 elements; pieces keep it on this thread (~50x on that machine)
 _ROUNDING_STREAM = 1  # the stochastic-rounding uniforms come from mix_seed(seed, block, 1)
 
 
@@ -47,7 +45,7 @@ def _scratch_for(device: torch.device) -> _Scratch:
 
 
 def z_chunks(param: torch.Tensor, seed: int, block: int) -> Iterator[Tuple[torch.Tensor, int]]:
-    """Yield (fp32 z chunk, its start in the flat param); the z buffer is reused between chunks."""
+    """Yield (fp32 z chunk, its start in the flat param) from torch's generator; the buffer is reused between chunks."""
     sc = _scratch_for(param.device)
     sc.gen.manual_seed(mix_seed(seed, block))
     n = param.numel()
@@ -78,16 +76,30 @@ def _stateful(states: List[torch.Tensor], start: int, size: int) -> List[torch.T
     return [s.view(-1)[start : start + size] for s in states]
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch on the calling thread for the pass. Its ops on a chunk are too small to split: randn is serial
+    anyway, and on a busy 2-core machine a fork/join per op made the Adam pass 8-15x slower at 2 threads
+    than at 1 (sqrt and div split above 2048 elements)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
+@_one_thread()
 def run_pass(space: ParamSpace, seed: int, blocks: List[int], coefs: List[List[float]], p: Pass,
              mean: Optional[Sequence[Optional[torch.Tensor]]] = None) -> None:
     """Execute one pass (see :mod:`zorun.kernels.passes`) block by block, chunk by chunk."""
-    for b, (a, keep, c, bc1, bc2, am, cm) in zip(blocks, coefs):
+    for b, row in zip(blocks, coefs):
         theta = space.blocks[b].tensor.data
         if p.mode == ACCUMULATE:
             target = p.states[0][b].view(-1)
             for z, start in z_chunks(theta, seed, b):
-                target[start : start + z.numel()].add_(z, alpha=c)
+                target[start : start + z.numel()].add_(z, alpha=row[2])
             continue
         flat = theta.view(-1)
         states = [st[b] for st in p.states]
@@ -100,38 +112,11 @@ def run_pass(space: ParamSpace, seed: int, blocks: List[int], coefs: List[List[f
             size = z.numel()
             view = flat[start : start + size]
             x = sc.x[:size].copy_(view) if sixteen else view
-            m_chunk = None if mu is None else mu[start : start + size]
-            if a != 0.0:
-                x.add_(z, alpha=a)
-            if m_chunk is not None and am != 0.0:
-                x.add_(m_chunk, alpha=am)
-            if keep != 1.0:
-                x.mul_(keep)
-            if p.mode == PLAIN:
-                x.add_(z, alpha=-c)
-                if m_chunk is not None:
-                    x.add_(m_chunk, alpha=-cm)
-            elif p.mode == MOMENTUM:
-                (buf,) = _stateful(states, start, size)
-                buf.mul_(p.momentum).add_(z, alpha=c)
-                if m_chunk is not None:
-                    buf.add_(m_chunk, alpha=cm)
-                x.add_(buf, alpha=-p.lr)
-            elif p.mode == ADAM:
-                m, v = _stateful(states, start, size)
-                g = torch.mul(z, c, out=sc.tmp[:size])
-                if m_chunk is not None:
-                    g.add_(m_chunk, alpha=cm)
-                m.mul_(p.beta1).add_(g, alpha=1.0 - p.beta1)
-                v.mul_(p.beta2).addcmul_(g, g, value=1.0 - p.beta2)
-                denom = torch.div(v, bc2, out=sc.tmp[:size])
-                for piece in denom.split(SQRT_PIECE):
-                    piece.sqrt_()
-                denom.add_(p.adam_eps)
-                step = torch.div(m, bc1, out=sc.u[:size]).mul_(p.lr).div_(denom)
-                x.sub_(step)
+            chunk = _stateful(states, start, size)
+            if p.mode == HIZOO:
+                _hizoo(x, z, chunk[0], sc.tmp[:size], row, update=p.smooth != 0.0)
             else:
-                raise ValueError(f"unknown pass mode {p.mode}")
+                _along_direction(x, z, None if mu is None else mu[start : start + size], chunk, sc, size, row, p)
             if not sixteen:
                 continue
             if p.stochastic:
@@ -140,3 +125,50 @@ def run_pass(space: ParamSpace, seed: int, blocks: List[int], coefs: List[List[f
                 round_stochastic_(view, x, u)
             else:
                 view.copy_(x)
+
+
+def _along_direction(x: torch.Tensor, z: torch.Tensor, mu: Optional[torch.Tensor], states: List[torch.Tensor],
+                     sc: _Scratch, size: int, row: List[float], p: Pass) -> None:
+    """The plain, momentum and Adam passes on one chunk x (fp32, θ's or a copy), direction μ + s·z."""
+    a, keep, c, e1, e2, am, cm = row
+    if a != 0.0:
+        x.add_(z, alpha=a)
+    if mu is not None and am != 0.0:
+        x.add_(mu, alpha=am)
+    if keep != 1.0:
+        x.mul_(keep)
+    if p.mode == PLAIN:
+        x.add_(z, alpha=-c)
+        if mu is not None:
+            x.add_(mu, alpha=-cm)
+    elif p.mode == MOMENTUM:
+        (buf,) = states
+        buf.mul_(p.momentum).add_(z, alpha=c)
+        if mu is not None:
+            buf.add_(mu, alpha=cm)
+        x.add_(buf, alpha=-p.lr)
+    elif p.mode == ADAM:
+        m, v = states
+        g = torch.mul(z, c, out=sc.tmp[:size])
+        if mu is not None:
+            g.add_(mu, alpha=cm)
+        m.mul_(p.beta1).add_(g, alpha=1.0 - p.beta1)
+        v.mul_(p.beta2).addcmul_(g, g, value=1.0 - p.beta2)
+        denom = torch.div(v, e2, out=sc.tmp[:size]).sqrt_().add_(p.adam_eps)
+        step = torch.div(m, e1, out=sc.u[:size]).mul_(p.lr).div_(denom)
+        x.sub_(step)
+    else:
+        raise ValueError(f"unknown pass mode {p.mode}")
+
+
+def _hizoo(x: torch.Tensor, z: torch.Tensor, h: torch.Tensor, tmp: torch.Tensor, row: List[float], update: bool) -> None:
+    """x ← keep·(x + a·z/√H); with update, H ← H·(e1 + e2·z²); x −= c·z/√H."""
+    a, keep, c, e1, e2, _, _ = row
+    d = torch.div(z, torch.sqrt(h, out=tmp), out=tmp)
+    x.add_(d, alpha=a)
+    if keep != 1.0:
+        x.mul_(keep)
+    if update:
+        h.mul_(torch.mul(z, z, out=tmp).mul_(e2).add_(e1))
+        d = torch.div(z, torch.sqrt(h, out=tmp), out=tmp)
+    x.sub_(d, alpha=c)

@@ -19,9 +19,13 @@ z: Triton's Philox, keyed by the step seed with counter (element quad, block
 id, stream), so z of (seed, block, element) is the same in every pass and
 unrelated across blocks and seeds. One Philox call gives four normals (two
 Box-Muller pairs) for the four quarters of a tile; TILE therefore fixes the
-stream and must not change between a perturbation and its update.
-Math is fp32; θ is stored in its own dtype, rounded to nearest or, for 16-bit
-θ and ``stochastic``, to a random neighbour with probability by distance.
+stream (:mod:`zorun.kernels.stream` defines it, and the CPU backend computes
+the same bits). Math is fp32 with IEEE operations only: ``div_rn`` and
+``sqrt_rn`` (Triton's ``/`` and ``sqrt`` are approximate on a GPU), the
+stream's own log and sin/cos, and no fused multiply-add (``enable_fp_fusion``
+off), so a GPU rounds as the CPU does. θ is stored in its own dtype, rounded
+to nearest or, for 16-bit θ and ``stochastic``, to a random neighbour with
+probability by distance.
 """
 
 from __future__ import annotations
@@ -31,15 +35,65 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import triton
 import triton.language as tl
-from triton.language.random import pair_uniform_to_normal, philox, uint_to_uniform_float
+from triton.language.random import philox, uint_to_uniform_float
 
-from zorun.kernels.passes import ACCUMULATE, NUM_COEFS, Pass
+from zorun.kernels import stream
+from zorun.kernels import passes
+from zorun.kernels.passes import ACCUMULATE, NUM_COEFS, NUM_HYPER, Pass, hyper
+from zorun.kernels.stream import TILE
 from zorun.params import ParamSpace
 
-TILE = 4096  # elements per program; part of the z stream's definition
 NUM_WARPS = 4  # free to tune: does not change z
 ICOLS = 11  # int64 columns per table row: θ offset, numel, first tile, block, state1, state2, mean, then 4 int64 = 8 fp32 slots
-FCOL = 14  # first fp32 column (a, keep, c, bc1, bc2, am, cm) in the float32 view of a row
+FCOL = 14  # first fp32 column (a, keep, c, e1, e2, am, cm) in the float32 view of a row
+
+# pass kinds (zorun.kernels.passes) and z's Philox streams, named for the kernel
+_PLAIN, _MOMENTUM, _ADAM = tl.constexpr(passes.PLAIN), tl.constexpr(passes.MOMENTUM), tl.constexpr(passes.ADAM)
+_ACCUMULATE, _HIZOO = tl.constexpr(passes.ACCUMULATE), tl.constexpr(passes.HIZOO)
+_STREAM_Z, _STREAM_ROUND = tl.constexpr(stream.STREAM_Z), tl.constexpr(stream.STREAM_ROUND)
+_UMIN = tl.constexpr(stream.UNIFORM_MIN)
+_SPLIT = tl.constexpr(stream.LOG_SPLIT)
+_LN2_HI = tl.constexpr(stream.LN2_HI)
+_LN2_LO = tl.constexpr(stream.LN2_LO)
+_L3, _L5, _L7, _L9 = (tl.constexpr(x) for x in stream.LOG_COEFS)
+_S1, _S3, _S5, _S7, _S9 = (tl.constexpr(x) for x in stream.SIN_COEFS)
+_C2, _C4, _C6, _C8, _C10 = (tl.constexpr(x) for x in stream.COS_COEFS)
+
+
+@triton.jit
+def _log(u):
+    """log u for u in [1e-7, 1), as zorun.kernels.stream defines it."""
+    bits = u.to(tl.int32, bitcast=True)
+    e = (bits - _SPLIT) >> 23
+    f = (bits - (e << 23)).to(tl.float32, bitcast=True) - 1.0
+    s = tl.div_rn(f, 2.0 + f)
+    s2 = s * s
+    p = s2 * (_L3 + s2 * (_L5 + s2 * (_L7 + s2 * _L9)))
+    ef = e.to(tl.float32)
+    return ef * _LN2_HI + (((s + s) + s * p) + ef * _LN2_LO)
+
+
+@triton.jit
+def _cos_sin_turn(v):
+    """(cos 2πv, sin 2πv) for v in [0, 1), as zorun.kernels.stream defines them."""
+    k = (v * 4.0 + 0.5).to(tl.int32)
+    f = v - k.to(tl.float32) * 0.25
+    f2 = f * f
+    s = f * (_S1 + f2 * (_S3 + f2 * (_S5 + f2 * (_S7 + f2 * _S9))))
+    c = 1.0 + f2 * (_C2 + f2 * (_C4 + f2 * (_C6 + f2 * (_C8 + f2 * _C10))))
+    q = k & 3
+    swap = (q & 1) != 0
+    cv = tl.where(swap, s, c)
+    sv = tl.where(swap, c, s)
+    return tl.where(((q + 1) & 2) != 0, -cv, cv), tl.where((q & 2) != 0, -sv, sv)
+
+
+@triton.jit
+def _normal_pair(r0, r1):
+    """Two normals from two Philox words (Box-Muller)."""
+    r = tl.sqrt_rn(-2.0 * _log(tl.maximum(uint_to_uniform_float(r0), _UMIN)))
+    c, s = _cos_sin_turn(uint_to_uniform_float(r1))
+    return r * c, r * s
 
 
 @triton.jit
@@ -52,77 +106,94 @@ def _philox4(seed, idx, block, STREAM: tl.constexpr):
 
 
 @triton.jit
-def _part(theta, s1, s2, mu, offs, numel, z, u, a, keep, c, bc1, bc2, am, cm, h0, h1, h2, h3,
+def _part(theta, s1, s2, mu, frow, hrow, offs, numel, z, u,
           MODE: tl.constexpr, STOCHASTIC: tl.constexpr, MASKED: tl.constexpr, HAS_MEAN: tl.constexpr):
-    """One quarter tile: load θ (and state, and mean), apply the pass in fp32, store."""
+    """One quarter tile: load θ (and state, and mean), apply the pass in fp32, store.
+
+    frow: the block's coefficients (a, keep, c, e1, e2, am, cm; zorun.kernels.passes);
+    hrow: the pass's scalars (passes.hyper). s1, s2 per mode: momentum s1 = buf;
+    adam s1 = m, s2 = v; hizoo s1 = H; accumulate s1 = the target.
+    """
     if MASKED:
         mask = offs < numel
     else:
         mask = None
-    if MODE == 3:  # accumulate (passes.ACCUMULATE): state += c·z, θ untouched
+    c = tl.load(frow + 2)
+    if MODE == _ACCUMULATE:  # state += c·z, θ untouched
         tl.store(s1 + offs, tl.load(s1 + offs, mask=mask) + c * z, mask=mask)
+        return
+    a = tl.load(frow)
+    keep = tl.load(frow + 1)
+    x = tl.load(theta + offs, mask=mask).to(tl.float32)
+    if MODE == _HIZOO:  # direction z/√H, H's EMA H·(e1 + e2·z²) when the pass updates it
+        h = tl.load(s1 + offs, mask=mask)
+        x = (x + a * tl.div_rn(z, tl.sqrt_rn(h))) * keep
+        if tl.load(hrow) != 0.0:
+            h = h * (tl.load(frow + 3) + tl.load(frow + 4) * (z * z))
+            tl.store(s1 + offs, h, mask=mask)
+        x = x - c * tl.div_rn(z, tl.sqrt_rn(h))
     else:
-        x = tl.load(theta + offs, mask=mask).to(tl.float32)
         if HAS_MEAN:  # direction μ + s·z: a·z + am·μ, c·z + cm·μ
             mean = tl.load(mu + offs, mask=mask)
-            x = (x + a * z + am * mean) * keep
-            cz = c * z + cm * mean
+            x = (x + a * z + tl.load(frow + 5) * mean) * keep
+            cz = c * z + tl.load(frow + 6) * mean
         else:
             x = (x + a * z) * keep
             cz = c * z
-        if MODE == 0:  # plain (passes.PLAIN; 1 = MOMENTUM, 2 = ADAM)
+        if MODE == _PLAIN:
             x = x - cz
-        elif MODE == 1:  # momentum: h0 = β, h1 = η
-            buf = h0 * tl.load(s1 + offs, mask=mask) + cz
+        elif MODE == _MOMENTUM:
+            beta, lr = tl.load(hrow), tl.load(hrow + 1)
+            buf = beta * tl.load(s1 + offs, mask=mask) + cz
             tl.store(s1 + offs, buf, mask=mask)
-            x = x - h1 * buf
-        else:  # adam: h0 = β1, h1 = β2, h2 = η, h3 = ε_adam
-            g = cz
-            m = h0 * tl.load(s1 + offs, mask=mask) + (1.0 - h0) * g
-            v = h1 * tl.load(s2 + offs, mask=mask) + (1.0 - h1) * (g * g)
+            x = x - lr * buf
+        else:  # adam; e1, e2 = the bias corrections 1 − β1^t, 1 − β2^t
+            beta1, one_minus_beta1 = tl.load(hrow), tl.load(hrow + 1)
+            beta2, one_minus_beta2 = tl.load(hrow + 2), tl.load(hrow + 3)
+            lr, adam_eps = tl.load(hrow + 4), tl.load(hrow + 5)
+            m = beta1 * tl.load(s1 + offs, mask=mask) + one_minus_beta1 * cz
+            v = beta2 * tl.load(s2 + offs, mask=mask) + one_minus_beta2 * (cz * cz)
             tl.store(s1 + offs, m, mask=mask)
             tl.store(s2 + offs, v, mask=mask)
-            x = x - h2 * (m / bc1) / (tl.sqrt(v / bc2) + h3)
-        dt = theta.dtype.element_ty
-        if STOCHASTIC:  # lo = x toward zero, hi = next value away from zero; hi with prob (x − lo)/(hi − lo)
-            lo = x.to(dt, fp_downcast_rounding="rtz")
-            hi = (lo.to(tl.int16, bitcast=True) + 1).to(tl.int16).to(dt, bitcast=True)
-            lo32 = lo.to(tl.float32)
-            y = tl.where(u < (x - lo32) / (hi.to(tl.float32) - lo32), hi, lo)
-        else:
-            y = x.to(dt)
-        tl.store(theta + offs, y, mask=mask)
+            m_hat = tl.div_rn(m, tl.load(frow + 3))
+            x = x - tl.div_rn(lr * m_hat, tl.sqrt_rn(tl.div_rn(v, tl.load(frow + 4))) + adam_eps)
+    dt = theta.dtype.element_ty
+    if STOCHASTIC:  # lo = x toward zero, hi = next value away from zero; hi with prob (x − lo)/(hi − lo)
+        lo = x.to(dt, fp_downcast_rounding="rtz")
+        hi = (lo.to(tl.int16, bitcast=True) + 1).to(tl.int16).to(dt, bitcast=True)
+        lo32 = lo.to(tl.float32)
+        y = tl.where(u < tl.div_rn(x - lo32, hi.to(tl.float32) - lo32), hi, lo)
+    else:
+        y = x.to(dt)
+    tl.store(theta + offs, y, mask=mask)
 
 
 @triton.jit
-def _tile(theta, s1, s2, mu, start, local, numel, seed, block, a, keep, c, bc1, bc2, am, cm, h0, h1, h2, h3,
+def _tile(theta, s1, s2, mu, frow, hrow, start, local, numel, seed, block,
           MODE: tl.constexpr, STOCHASTIC: tl.constexpr, MASKED: tl.constexpr, QUAD: tl.constexpr,
           HAS_MEAN: tl.constexpr):
+    """One tile: a Philox call per lane gives the four quarters' z (and rounding uniforms), see zorun.kernels.stream."""
     idx = local * QUAD + tl.arange(0, QUAD).to(tl.int64)
-    r0, r1, r2, r3 = _philox4(seed, idx, block, 0)
-    z0, z1 = pair_uniform_to_normal(uint_to_uniform_float(r0), uint_to_uniform_float(r1))
-    z2, z3 = pair_uniform_to_normal(uint_to_uniform_float(r2), uint_to_uniform_float(r3))
+    r0, r1, r2, r3 = _philox4(seed, idx, block, _STREAM_Z)
+    z0, z1 = _normal_pair(r0, r1)
+    z2, z3 = _normal_pair(r2, r3)
     if STOCHASTIC:
-        q0, q1, q2, q3 = _philox4(seed, idx, block, 1)
-        u0, u1, u2, u3 = (uint_to_uniform_float(q0), uint_to_uniform_float(q1),
-                          uint_to_uniform_float(q2), uint_to_uniform_float(q3))
+        q0, q1, q2, q3 = _philox4(seed, idx, block, _STREAM_ROUND)
+        us = (uint_to_uniform_float(q0), uint_to_uniform_float(q1),
+              uint_to_uniform_float(q2), uint_to_uniform_float(q3))
     else:
-        u0, u1, u2, u3 = z0, z1, z2, z3  # unused
+        us = (z0, z1, z2, z3)  # unused
+    zs = (z0, z1, z2, z3)
     offs = start + tl.arange(0, QUAD).to(tl.int64)
-    _part(theta, s1, s2, mu, offs, numel, z0, u0, a, keep, c, bc1, bc2, am, cm, h0, h1, h2, h3,
-          MODE, STOCHASTIC, MASKED, HAS_MEAN)
-    _part(theta, s1, s2, mu, offs + QUAD, numel, z1, u1, a, keep, c, bc1, bc2, am, cm, h0, h1, h2, h3,
-          MODE, STOCHASTIC, MASKED, HAS_MEAN)
-    _part(theta, s1, s2, mu, offs + 2 * QUAD, numel, z2, u2, a, keep, c, bc1, bc2, am, cm, h0, h1, h2, h3,
-          MODE, STOCHASTIC, MASKED, HAS_MEAN)
-    _part(theta, s1, s2, mu, offs + 3 * QUAD, numel, z3, u3, a, keep, c, bc1, bc2, am, cm, h0, h1, h2, h3,
-          MODE, STOCHASTIC, MASKED, HAS_MEAN)
+    for q in tl.static_range(4):
+        _part(theta, s1, s2, mu, frow, hrow, offs + q * QUAD, numel, zs[q], us[q], MODE, STOCHASTIC, MASKED, HAS_MEAN)
 
 
-@triton.jit(do_not_specialize=["seed", "n_rows", "n_search", "h0", "h1", "h2", "h3"])
-def _pass_kernel(anchor, state_anchor, itab, ftab, seed, n_rows, n_search, h0, h1, h2, h3,
+@triton.jit(do_not_specialize=["seed", "n_rows", "n_search"])
+def _pass_kernel(anchor, state_anchor, itab, ftab, seed, n_rows, n_search,
                  MODE: tl.constexpr, STOCHASTIC: tl.constexpr, ALIGNED: tl.constexpr,
                  TILE_: tl.constexpr, ICOLS_: tl.constexpr, FCOL_: tl.constexpr, HAS_MEAN: tl.constexpr = False):
+    """Program pid: find its block's row, then run tile pid − (the block's first tile) of that block."""
     pid = tl.program_id(0).to(tl.int64)
     lo = n_rows * 0
     hi = n_rows
@@ -133,6 +204,7 @@ def _pass_kernel(anchor, state_anchor, itab, ftab, seed, n_rows, n_search, h0, h
         hi = tl.where(go, hi, mid)
     row = itab + lo.to(tl.int64) * ICOLS_
     frow = ftab + lo.to(tl.int64) * (2 * ICOLS_) + FCOL_
+    hrow = ftab + n_rows.to(tl.int64) * (2 * ICOLS_)  # the row after the blocks': the pass's scalars
     o_theta = tl.load(row)  # element offsets from the anchors, so the pointers keep their types
     o_s1 = tl.load(row + 4)
     o_s2 = tl.load(row + 5)
@@ -149,28 +221,13 @@ def _pass_kernel(anchor, state_anchor, itab, ftab, seed, n_rows, n_search, h0, h
     numel = tl.load(row + 1)
     local = pid - tl.load(row + 2)
     block = tl.load(row + 3)
-    a = tl.load(frow)
-    keep = tl.load(frow + 1)
-    c = tl.load(frow + 2)
-    bc1 = tl.load(frow + 3)
-    bc2 = tl.load(frow + 4)
-    am = tl.load(frow + 5)
-    cm = tl.load(frow + 6)
     start = local * TILE_
     if start + TILE_ <= numel:  # full tiles: no mask, so accesses vectorise
-        _tile(theta, s1, s2, mu, start, local, numel, seed, block, a, keep, c, bc1, bc2, am, cm, h0, h1, h2, h3,
+        _tile(theta, s1, s2, mu, frow, hrow, start, local, numel, seed, block,
               MODE, STOCHASTIC, False, TILE_ // 4, HAS_MEAN)
     else:
-        _tile(theta, s1, s2, mu, start, local, numel, seed, block, a, keep, c, bc1, bc2, am, cm, h0, h1, h2, h3,
+        _tile(theta, s1, s2, mu, frow, hrow, start, local, numel, seed, block,
               MODE, STOCHASTIC, True, TILE_ // 4, HAS_MEAN)
-
-
-def _hyper(p: Pass) -> Tuple[float, float, float, float]:
-    if p.mode == 1:
-        return p.momentum, p.lr, 0.0, 0.0
-    if p.mode == 2:
-        return p.beta1, p.beta2, p.lr, p.adam_eps
-    return 0.0, 0.0, 0.0, 0.0
 
 
 def _launch(space: ParamSpace, seed: int, blocks: List[int], coefs: List[List[float]], p: Pass,
@@ -193,10 +250,11 @@ def _launch(space: ParamSpace, seed: int, blocks: List[int], coefs: List[List[fl
     state_offs = [_offsets([t.data_ptr() for t in group], fp32_anchor) for group in states]
     state_offs += [[0] * len(blocks)] * (2 - len(state_offs))
     mean_offs = _offsets([t.data_ptr() for t in means], fp32_anchor) if means else [0] * len(blocks)
-    table = torch.zeros(len(blocks), ICOLS, dtype=torch.int64)
-    table[:, :7] = torch.tensor([theta_offs, numels, first, blocks, state_offs[0], state_offs[1], mean_offs],
+    table = torch.zeros(len(blocks) + 1, ICOLS, dtype=torch.int64)  # the last row: the pass's scalars
+    table[:-1, :7] = torch.tensor([theta_offs, numels, first, blocks, state_offs[0], state_offs[1], mean_offs],
                                 dtype=torch.int64).T
-    table.view(torch.float32)[:, FCOL : FCOL + NUM_COEFS] = torch.tensor(coefs, dtype=torch.float32)
+    table.view(torch.float32)[:-1, FCOL : FCOL + NUM_COEFS] = torch.tensor(coefs, dtype=torch.float32)
+    table.view(torch.float32)[-1, :NUM_HYPER] = torch.tensor(hyper(p), dtype=torch.float32)
     table = table.to(thetas[0].device)
     ftab = table.view(torch.float32)
     aligned = all(o % 8 == 0 for o in theta_offs + state_offs[0] + state_offs[1] + mean_offs)
@@ -204,8 +262,9 @@ def _launch(space: ParamSpace, seed: int, blocks: List[int], coefs: List[List[fl
     n = len(blocks)
     _pass_kernel[(total,)](
         thetas[0], ftab if fp32_anchor is None else fp32_anchor, table, ftab, seed, n, (n - 1).bit_length(),
-        *_hyper(p), MODE=p.mode, STOCHASTIC=bool(p.stochastic and sixteen and p.mode != ACCUMULATE),
+        MODE=p.mode, STOCHASTIC=bool(p.stochastic and sixteen and p.mode != ACCUMULATE),
         ALIGNED=aligned, TILE_=TILE, ICOLS_=ICOLS, FCOL_=FCOL, HAS_MEAN=bool(means), num_warps=NUM_WARPS,
+        enable_fp_fusion=False,  # separate IEEE multiplies and adds: the CPU backend's bits
     )
 
 

@@ -18,9 +18,11 @@ same pass with the opposite sign, so the memory is one model, its gradient
 and the activations of one backward: what first-order training needs anyway.
 Moving back is exact up to float rounding, like MeZO's own restore.
 
-The dot products regenerate z with the torch reference generator, so the
-kernels must run on the torch backend while meta-training (the networks do not
-depend on which generator drew z).
+The dot products regenerate z on the CPU as the selected backend draws it
+(:func:`zorun.kernels.z_chunks`: the torch reference's generator, or the
+numba kernels' Philox stream), so meta-training runs on either CPU backend;
+Triton's GPU z is not regenerated here (the networks do not depend on which
+generator drew z).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import torch
 from zorun import kernels
 from zorun.errors import ZorunError
 from zorun.kernels.dispatch import backend_for
-from zorun.kernels.reference import z_chunks
 from zorun.params import ParamSpace
 from zorun.plan import Plan
 from zorun.samplers.pertnn import PertNNSampler
@@ -61,7 +62,7 @@ class MetaStep:
 
 
 def z_dots(space: ParamSpace, seed: int) -> torch.Tensor:
-    """⟨∇_b L, z_b⟩ for every block, z_b regenerated from (seed, b) as the torch kernels draw it."""
+    """⟨∇_b L, z_b⟩ for every block, z_b regenerated from (seed, b) as the selected kernels draw it."""
     out = torch.zeros(len(space), dtype=torch.float64)
     for block in space.blocks:
         grad = block.tensor.grad
@@ -69,7 +70,7 @@ def z_dots(space: ParamSpace, seed: int) -> torch.Tensor:
             continue
         flat = grad.reshape(-1)
         total = 0.0
-        for z, start in z_chunks(block.tensor, seed, block.id):
+        for z, start in kernels.z_chunks(block.tensor, seed, block.id):
             total += float(torch.dot(flat[start : start + z.numel()].float(), z))
         out[block.id] = total
     return out
@@ -86,9 +87,9 @@ class MetaLearner:
 
     def check_backend(self) -> None:
         devices = {b.tensor.device for b in self.space.blocks}
-        if any(backend_for(d) != "torch" for d in devices):
-            raise ZorunError("meta-training regenerates z with the torch reference generator for its meta-gradient; "
-                             "run it with kernels=torch (or auto on CPU)")
+        if any(backend_for(d) == "triton" for d in devices):
+            raise ZorunError("meta-training regenerates z on the CPU for its meta-gradient; "
+                             "run it with kernels=auto, numba or torch on CPU")
 
     def meta_gradient(self, seed: int, history: History, loss: Callable[[], float],
                       loss_grad: Callable[[], torch.Tensor]) -> MetaStep:

@@ -1,6 +1,6 @@
 """estimator=zo-sign: ZO-SGD on the sign of the projected gradient, θ −= η·sign(g)·z.
 
-This is ALGORITHMS.md's rule: the step length along z no longer depends on
+zorun's rule: the step length along z no longer depends on
 |g|, which tames the heavy tails of the SPSA estimate. (ZO-signSGD, Liu et
 al. 2019, instead takes the elementwise sign of ĝ = g·z, i.e. sign(g)·sign(z);
 that needs sign(z) inside the kernel pass and is not what this estimator
@@ -22,4 +22,4 @@ class ZOSign(ZOEstimator):
     def apply(self, plan, query, restore, g, lr):
         sign = math.copysign(1.0, g) if g != 0 else 0.0
         kernels.update_(self.space, plan, restore=restore, coef=lr * sign / self.cfg.q,
-                        decay=self.decay(lr) if query == 0 else 0.0)
+                        decay=self.decay(lr) if query == 0 else 0.0, stochastic=self.stochastic)

@@ -32,7 +32,7 @@ class ZOMomentum(ZOEstimator):
         last = query == self.cfg.q - 1
         kernels.update_momentum_(self.space, plan, restore=restore, grad=g / self.cfg.q,
                                  lr=lr if last else 0.0, momentum=self.cfg.momentum if query == 0 else 1.0,
-                                 buf=self.buf, decay=self.decay(lr) if last else 0.0)
+                                 buf=self.buf, decay=self.decay(lr) if last else 0.0, stochastic=self.stochastic)
 
     def state_dict(self):
         return {**super().state_dict(), "buf": self.buf}

@@ -37,7 +37,7 @@ class ZOAdam(ZOEstimator):
         self.t[plan.blocks] += 1
         kernels.update_adam_(self.space, plan, restore=restore, grad=g, lr=lr, m=self.m, v=self.v,
                              step=self.t[plan.blocks], betas=(self.cfg.beta1, self.cfg.beta2),
-                             eps=self.cfg.adam_eps, decay=self.decay(lr))
+                             eps=self.cfg.adam_eps, decay=self.decay(lr), stochastic=self.stochastic)
 
     def state_dict(self):
         return {**super().state_dict(), "m": self.m, "v": self.v, "t": self.t}

@@ -1,0 +1,3 @@
+from zorun.bench import main
+
+main()
