@@ -44,7 +44,7 @@ def test_state_trees_round_trip_tensors_through_safetensors_and_the_rest_through
     restored = torch.Generator()
     restored.set_state(back["generator"])
     assert torch.equal(torch.rand(3, generator=restored), torch.rand(3, generator=gen))
-    assert json.loads((path / "state.json").read_text())["format"] == 1
+    assert json.loads((path / "state.json").read_text())["format"] == 2
     with pytest.raises(TypeError, match="state at '/bad'"):
         split_tensors({"bad": object()}, "", {})
     with pytest.raises(TypeError, match="mixes key types"):

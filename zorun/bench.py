@@ -19,6 +19,9 @@
         peak memory of one training step per method next to one inference
         forward on the same batch, each in a fresh process, with each
         estimator's extra state.
+    zorun-bench checkpoint [overrides ...] [--repeat 3]
+        the cost of the sha256 of every checkpoint file: a save and a load
+        (open, verify, parameters) with the share spent hashing.
     zorun-bench scaling [overrides ...] [--nprocs 1,2] [--steps 10]
         data-parallel ZO: training throughput of the same run under torchrun
         with each process count (threads per process: --threads, default 1).
@@ -40,6 +43,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from zorun import kernels
+from zorun.bench_checkpoint import add_parser as add_checkpoint_parser
 from zorun.errors import ZorunError
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed
@@ -464,7 +468,9 @@ def parser() -> argparse.ArgumentParser:
     pn.add_argument("--size-preset", default="opt-30b", help="model preset whose networks' size is computed (no download)")
     pn.set_defaults(run=bench_pertnn)
 
-    for p in (k, s, m, sc, pn):
+    ck = add_checkpoint_parser(sub)
+
+    for p in (k, s, m, sc, pn, ck):
         p.add_argument("--json", default=None, help="also write the figures to this JSON file")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return ap

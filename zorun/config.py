@@ -365,6 +365,9 @@ class RootConfig:
     # incompatible (summary.json, the report's n/a cells) instead of refusing the grid
     skip_incompatible: bool = False
     resume: Optional[str] = None  # a run directory to continue from its last checkpoint (zorun resume=DIR)
+    # what a sweeper plugin optimises: a dotted key of summary.json (selected.dev.accuracy, ...); null: the dev
+    # metric at the step budget.select chose
+    optimized_metric: Optional[str] = None
 
 
 @dataclass
