@@ -101,7 +101,7 @@ def test_replayed_overrides_are_checked_before_they_run(run_dir, tmp_path, capsy
     victim.write_text("still here")
     saved = run_dir / ".hydra" / "overrides.yaml"
     original = saved.read_text()
-    for added in ([f"- +hydra.callbacks.x._target_=zorun.checkpoint.Path.unlink\n",
+    for added in (["- +hydra.callbacks.x._target_=zorun.checkpoint.Path.unlink\n",
                    f"- '+hydra.callbacks.x._args_=[{victim}]'\n"], ["- +task.x._target_=builtins.exec\n"]):
         saved.write_text(original + "".join(added))
         before = tree(run_dir)

@@ -17,10 +17,9 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict
 
 from zorun import checkpoint as ck
-from zorun.errors import ZorunError
 
 
 def _median(fn: Callable[[], Any], repeat: int) -> float:

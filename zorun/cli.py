@@ -147,13 +147,14 @@ def _app(cfg: DictConfig) -> float:
     from zorun.multirun import record_if_incompatible, skip_if_completed
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    locked = False  # a multirun job takes its lock here; a single run's pre-flight holds it already
     try:
-        if _main_rank():  # a multirun job's lock; a single run took it in the pre-flight (a no-op here)
-            lock_run_dir(out_dir)
+        locked = _main_rank() and lock_run_dir(out_dir)
         check_job(cfg, files=False)  # what runs, whatever chose its values (a plugin sweeper's are checked only here)
     except ZorunError as err:
         print(f"zorun: error: {err}", file=sys.stderr)
-        unlock_run_dir(out_dir)
+        if locked:
+            unlock_run_dir(out_dir)
         sys.exit(EXIT_USAGE)
     try:
         summary = skip_if_completed(cfg) or record_if_incompatible(cfg)  # before importing the run stack
@@ -163,7 +164,8 @@ def _app(cfg: DictConfig) -> float:
             summary = execute(cfg)
         return objective(summary, cfg.get("optimized_metric"))
     finally:
-        unlock_run_dir(out_dir)
+        if locked:
+            unlock_run_dir(out_dir)
 
 
 def objective(summary: Dict[str, Any], key: Optional[str]) -> float:
@@ -193,7 +195,7 @@ def run_app(app, config_name: str, argv: List[str], prog: str) -> None:
     A refused single run leaves an existing run directory as it found it:
     checked before Hydra writes there, and put back (Snapshot) if the run
     itself refuses (exit 2)."""
-    snapshot = None
+    snapshot, claimed = None, None
     try:
         args = _hydra_argv_parser().parse_args(argv)
         if args.experimental_rerun is not None:
@@ -219,6 +221,7 @@ def run_app(app, config_name: str, argv: List[str], prog: str) -> None:
                 argv = pin_run_dir(argv, run_dir)
             if single is not None and args.cfg is None and _main_rank():
                 snapshot = claim_run_dir(single, config_name)
+                claimed = Path(run_dir)
     except (ZorunError, HydraException, OmegaConfBaseException) as ex:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -231,6 +234,9 @@ def run_app(app, config_name: str, argv: List[str], prog: str) -> None:
         if ex.code == EXIT_USAGE and snapshot is not None:
             snapshot.restore()
         raise
+    finally:
+        if claimed is not None:
+            unlock_run_dir(claimed)
 
 
 def claim_run_dir(cfg: DictConfig, config_name: str) -> Optional[Snapshot]:

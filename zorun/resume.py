@@ -140,35 +140,49 @@ def _read_json(path: Path) -> Dict[str, Any]:
 _HELD: Dict[Path, int] = {}  # run directory -> descriptor of its lock file, while this process holds it
 
 
-def lock_run_dir(run_dir: Path) -> None:
-    """Hold RUN_DIR/.zorun.lock exclusively until :func:`unlock_run_dir` or the end of the process.
+def lock_run_dir(run_dir: Path) -> bool:
+    """Hold RUN_DIR/.zorun.lock exclusively until :func:`unlock_run_dir`; False if this process holds it already.
 
     A POSIX record lock (fcntl): the kernel drops it when its holder dies, so
-    a killed run never blocks the next, and a second writer learns the
-    holder's PID from the lock itself (F_GETLK). Taking it again in the same
-    process is a no-op."""
+    a killed run never blocks the next (its lock file stays, unlocked), and a
+    second writer learns the holder's PID from the lock itself (F_GETLK). The
+    file exists while a run holds it: unlocking removes it first, and a lock
+    taken on a file that was meanwhile removed is taken again on the new one."""
     key = Path(run_dir).resolve()
     if key in _HELD:
-        return
+        return False
     key.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno not in (errno.EACCES, errno.EAGAIN):
+    while True:
+        fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = _holder(fd) if err.errno in (errno.EACCES, errno.EAGAIN) else None
             os.close(fd)
-            raise ZorunError(f"cannot lock {key / LOCK} ({err.strerror}); choose another hydra.run.dir") from err
-        holder = _holder(fd)
-        os.close(fd)
-        who = f"zorun process {holder}" if holder else "another zorun process"
-        raise ZorunError(f"run directory {run_dir} is in use by {who}; wait for it to end, or stop it"
-                         f"{f' (kill {holder})' if holder else ''}, then run the command again") from None
-    _HELD[key] = fd
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                raise ZorunError(f"cannot lock {key / LOCK} ({err.strerror}); choose another hydra.run.dir") from err
+            who = f"zorun process {holder}" if holder else "another zorun process"
+            raise ZorunError(f"run directory {run_dir} is in use by {who}; wait for it to end, or stop it"
+                             f"{f' (kill {holder})' if holder else ''}, then run the command again") from None
+        try:
+            same = os.stat(key / LOCK).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            _HELD[key] = fd
+            return True
+        os.close(fd)  # its holder removed the file between our open and our lock: lock the new one
 
 
 def unlock_run_dir(run_dir: Path) -> None:
-    fd = _HELD.pop(Path(run_dir).resolve(), None)
+    """Remove the lock file, then release the lock (the order keeps a waiting writer off the removed file)."""
+    key = Path(run_dir).resolve()
+    fd = _HELD.pop(key, None)
     if fd is not None:
+        try:
+            os.unlink(key / LOCK)
+        except FileNotFoundError:
+            pass
         os.close(fd)
 
 

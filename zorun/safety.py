@@ -81,12 +81,17 @@ MAX_NAME = 100  # characters; the run directory's name holds four of them
 DEVICE = re.compile(r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")
 
 
+_NAMES_CALLABLE = ("_target_", "class", "()")  # keys whose value Hydra or logging imports: a leaf even when a list
+
+
 def _leaves(node: Any, path: str) -> Iterator[Tuple[str, str, Any]]:
     """(dotted key, last key, raw value) of every leaf under node; interpolations stay unresolved."""
     keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
     for key in keys:
         child = node._get_node(key)
-        if isinstance(child, (DictConfig, ListConfig)) and not child._is_none() and not child._is_missing():
+        if key in _NAMES_CALLABLE and isinstance(child, (DictConfig, ListConfig)):
+            yield f"{path}{key}", str(key), OmegaConf.to_container(child)
+        elif isinstance(child, (DictConfig, ListConfig)) and not child._is_none() and not child._is_missing():
             yield from _leaves(child, f"{path}{key}.")
         else:
             yield f"{path}{key}", str(key), child._value()
@@ -237,8 +242,8 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"{path}={value} is out of range: it must fit in 64 bits")
     budget, task = cfg.budget, cfg.task
     if task.num_train == 0 and (budget.steps > 0 or budget.get("epochs", 0) > 0):
-        raise ConfigError(f"task.num_train=0 is out of range: training draws its batches from it; give it examples, "
-                          f"or set budget.steps=0 to only evaluate")
+        raise ConfigError("task.num_train=0 is out of range: training draws its batches from it; give it examples, "
+                          "or set budget.steps=0 to only evaluate")
     device = str(cfg.model.device)
     if not DEVICE.match(device):
         raise ConfigError(f"model.device={device} is not a device: choose auto, cpu, cuda or cuda:N")
