@@ -149,6 +149,7 @@ def test_a_refused_resume_leaves_the_run_dir_byte_identical_and_resumable(run_di
     unlock_run_dir(run_dir)
 
 
+@pytest.mark.slow
 def test_a_refusal_only_the_run_finds_puts_back_what_the_attempt_wrote(run_dir):
     """A checkpoint whose model entry was edited (and re-summed): the pre-flight passes, the run refuses."""
     ckpt = Checkpoints(run_dir / "checkpoints", 2).steps()[-1][1]
@@ -205,6 +206,7 @@ def test_a_flipped_byte_in_a_checkpoint_is_one_line_offering_the_previous_one(ru
     assert Checkpoints(run_dir / "checkpoints", 2).latest().step == 2
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temporary_directory(tmp_path):
     run = tmp_path / "run"
     limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))  # noqa: E731  smaller than θ
@@ -297,6 +299,7 @@ def test_values_that_cannot_be_meant_are_refused_before_loading(override, expect
     assert expect in line and override.split("=")[0] in line
 
 
+@pytest.mark.slow
 def test_a_run_whose_parameters_blow_up_while_finite_ends_diverged(tmp_path):
     proc = run_cli(*FAST, "estimator.lr=1e30", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
