@@ -26,10 +26,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from zorun.errors import ZorunError
 from zorun.multirun import sweeps_dir
-from zorun.preflight import CONF_DIR, Source, check_command, check_composable, check_job, check_known_keys, preflight
+from zorun.preflight import (CONF_DIR, Source, check_command, check_composable, check_job, check_known_keys,
+                             job_overrides, preflight)
 from zorun.resume import Snapshot, check_run_dir, expand_resume, lock_run_dir, unlock_run_dir
 
-__all__ = ["CONF_DIR", "check_known_keys", "main", "one_line", "preflight", "run_app"]
+__all__ = ["CONF_DIR", "check_known_keys", "job_overrides", "main", "one_line", "preflight", "run_app"]
 
 GROUPS = ("model", "task", "estimator", "sampler", "budget", "logger")
 EXIT_USAGE = 2

@@ -185,7 +185,7 @@ def check_command(overrides: List[str], multirun: bool, source: Source) -> Check
         first = compose([o for o in overrides if not _is_sweep(o)] if multirun else overrides)
         check_targets(first)  # before the sweeper's settings are read
         multirun = multirun or first.hydra.mode == RunMode.MULTIRUN
-        jobs = job_overrides(overrides, first) if multirun else [overrides]
+        jobs = job_overrides(overrides, multirun, lambda ovr, return_hydra_config=True: compose(ovr))
         incompatible: Dict[str, List[str]] = {}
         for job in _checking(jobs):
             cfg = compose(job) if multirun else first
@@ -214,17 +214,19 @@ def _is_sweep(override: str) -> bool:
     return OverridesParser.create().parse_override(override).is_sweep_override()
 
 
-def job_overrides(overrides: List[str], base: DictConfig) -> List[List[str]]:
-    """A multirun command line as one override list per job, as Hydra's basic sweeper expands it.
+def job_overrides(overrides: List[str], multirun: bool, compose: Callable[..., DictConfig]) -> List[List[str]]:
+    """A command line as one override list per job, as Hydra's basic sweeper expands a multirun.
 
-    base: the config composed from the command's fixed overrides. A plugin
+    compose(overrides, return_hydra_config=True) composes a config. A plugin
     sweeper (hydra/sweeper=optuna) chooses its values while it runs: its jobs
     are checked as they start, and here only its fixed part, after refusing
     a search over hydra.* (what the allow-list guards)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
+    if not multirun:
+        return [overrides]
     parser = OverridesParser.create()
-    sweeper = base.hydra.sweeper
+    sweeper = compose([o for o in overrides if not _is_sweep(o)], return_hydra_config=True).hydra.sweeper
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     if sweeper.get("_target_") != BASIC_SWEEPER:
         for line in params + [o for o in overrides if _is_sweep(o)]:
