@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
+import shutil
 import stat
 from pathlib import Path
 
@@ -15,9 +18,9 @@ from safetensors.torch import load_file
 from conftest import tiny_llama
 from test_resume import ADAM_ADALEZO, compose_cfg, run_here
 from zorun import cli as zcli
-from zorun import kernels
-from zorun.checkpoint import (PARAMS, STATE, Checkpoint, CheckpointError, Checkpoints, NonFiniteError, join_tensors,
-                              rng_state, set_rng_state, split_tensors)
+from zorun import checkpoint, kernels
+from zorun.checkpoint import (PARAMS, STATE, SUMS, Checkpoint, CheckpointError, Checkpoints, NonFiniteError,
+                              join_tensors, rng_state, set_rng_state, split_tensors)
 from zorun.errors import ZorunError
 from zorun.params import ParamSpace
 from zorun.plan import Plan
@@ -44,7 +47,7 @@ def test_state_trees_round_trip_tensors_through_safetensors_and_the_rest_through
     restored = torch.Generator()
     restored.set_state(back["generator"])
     assert torch.equal(torch.rand(3, generator=restored), torch.rand(3, generator=gen))
-    assert json.loads((path / "state.json").read_text())["format"] == 1
+    assert json.loads((path / "state.json").read_text())["format"] == 2
     with pytest.raises(TypeError, match="state at '/bad'"):
         split_tensors({"bad": object()}, "", {})
     with pytest.raises(TypeError, match="mixes key types"):
@@ -69,6 +72,56 @@ def test_saves_are_atomic_keep_the_newest_k_and_never_hold_non_finite_values(tmp
     with pytest.raises(NonFiniteError, match=space.blocks[1].name):
         store.save(4, space, {"config": {}, "logs": {}}, {})
     assert [s for s, _ in store.steps()] == [2, 3] and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_every_file_is_verified_against_its_sha256_and_the_previous_checkpoint_is_offered(tmp_path):
+    space = ParamSpace.from_model(tiny_llama())
+    store = Checkpoints(tmp_path, keep=2)
+    for step in (1, 2):
+        store.save(step, space, {"config": {}, "logs": {}}, {"rng": rng_state()})
+    newest = tmp_path / "step-00000002"
+    sums = (newest / SUMS).read_text()
+    assert sorted(line.split("  ")[1] for line in sums.splitlines()) == sorted([PARAMS, STATE, "state.json"])
+    assert Checkpoints(tmp_path, 2).latest().step == 2
+    for name in (PARAMS, STATE, "state.json"):
+        original = (newest / name).read_bytes()
+        flipped = bytearray(original)
+        flipped[-2] ^= 0x01  # same size: only the checksum can tell
+        (newest / name).write_bytes(bytes(flipped))
+        os.utime(newest / name, ns=(1, 1))  # (this process remembers digests by inode, size and mtime)
+        with pytest.raises(CheckpointError) as err:
+            Checkpoints(tmp_path, 2).latest()
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith(f"checkpoint {newest} is unusable: ")
+        assert (f"{name} does not match its sha256" in msg or name == "state.json") and \
+            "move it out of" in msg and "resume from step-00000001, the previous checkpoint" in msg
+        (newest / name).write_bytes(original)
+    (newest / SUMS).write_text(sums.splitlines()[0] + "\n")
+    with pytest.raises(CheckpointError, match="SHA256SUMS lacks"):
+        Checkpoints(tmp_path, 2).latest()
+    (newest / SUMS).unlink()
+    with pytest.raises(CheckpointError, match="SHA256SUMS cannot be read"):
+        Checkpoints(tmp_path, 2).latest()
+    shutil.rmtree(tmp_path / "step-00000001")
+    with pytest.raises(CheckpointError, match="no older checkpoint is kept: start a new run directory"):
+        Checkpoints(tmp_path, 2).latest()
+
+
+def test_a_failed_write_leaves_the_previous_checkpoints_and_no_temporary_directory(tmp_path, monkeypatch):
+    space = ParamSpace.from_model(tiny_llama())
+    store = Checkpoints(tmp_path, keep=2)
+    store.save(1, space, {"config": {}, "logs": {}}, {})
+
+    def full_disk(tensors, path, metadata=None):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    with pytest.raises(CheckpointError) as err:
+        store.save(2, space, {"config": {}, "logs": {}}, {})
+    assert str(err.value) == (f"cannot write checkpoint step 2 in {tmp_path} (No space left on device); the previous "
+                              f"checkpoint step-00000001 is intact; free space, then zorun resume={tmp_path.parent}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000001"]
 
 
 def test_rng_states_round_trip():
@@ -234,16 +287,14 @@ def test_consecutive_nonfinite_steps_end_diverged_and_stop_stops_at_once(tmp_pat
     assert summary["status"] == "diverged" and summary["steps"] == 3 and "budget.on_nonfinite=skip" in summary["error"]
 
 
-def test_huge_lr_diverges_and_the_last_checkpoint_is_finite(tmp_path):
-    """estimator.lr=1e12 on the tiny model: the losses turn NaN after the first update."""
+def test_huge_lr_diverges_and_no_checkpoint_holds_the_blown_up_parameters(tmp_path):
+    """estimator.lr=1e12 on the tiny model: the first update blows θ up by 1e12 while it stays finite. The
+    parameter-norm guard ends the run diverged at once, and the step-1 save it guards writes nothing."""
     _, summary = run_here(tmp_path, "budget.steps=20", "budget.checkpoint_every=1", "estimator.lr=1e12",
                           "budget.max_nonfinite_skips=3")
-    assert summary["status"] == "diverged" and "consecutive non-finite losses" in summary["error"]
-    latest = Checkpoints(tmp_path / "checkpoints", 1).steps()[-1][1]
-    params = load_file(str(latest / PARAMS))
-    assert all(bool(torch.isfinite(t).all()) for t in params.values())
-    assert max(float(t.abs().max()) for t in params.values()) > 1e6  # the blown-up, still finite, step-1 θ
-    assert all(bool(torch.isfinite(t).all()) for t in load_file(str(latest / STATE)).values() if t.is_floating_point())
+    assert summary["status"] == "diverged" and summary["steps"] == 1
+    assert "L2 norm grew" in summary["error"] and "(last checkpoint: none)" in summary["error"]
+    assert Checkpoints(tmp_path / "checkpoints", 1).steps() == []
 
 
 # ------------------------------------------------------------------ replay

@@ -7,16 +7,20 @@ Layout: ``<run dir>/checkpoints/step-<N>/`` holding
     state.json           format version, step, model identity, config, run counters, the non-tensor
                          parts of the estimator/sampler/RNG states (tensors referenced by key),
                          the byte sizes of the run's logs and of the two tensor files
+    SHA256SUMS           the sha256 of the three files above (``sha256sum -c SHA256SUMS`` reads it)
 
 A checkpoint is written into a hidden temporary directory, every file is
 fsynced, then the directory is renamed into place (atomic on POSIX), so a
-reader only ever sees complete checkpoints; the newest k are kept. Nothing is
-unpickled on load: tensors come from safetensors, the rest from JSON, and a
-truncated or corrupted file ends in one :class:`CheckpointError` line.
+reader only ever sees complete checkpoints; the newest k are kept. A write
+that fails (a full disk) leaves no temporary directory behind. Nothing is
+unpickled on load: tensors come from safetensors, the rest from JSON; every
+file's size and sha256 are verified before use, and a truncated or corrupted
+file ends in one :class:`CheckpointError` line that offers the previous checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -36,8 +40,9 @@ from zorun.params import ParamSpace
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-PARAMS, STATE, META = "params.safetensors", "state.safetensors", "state.json"
+FORMAT = 2  # 2: SHA256SUMS; format 1 (sizes only) still loads
+READS = (1, 2)
+PARAMS, STATE, META, SUMS = "params.safetensors", "state.safetensors", "state.json", "SHA256SUMS"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TENSOR = "__tensor__"
 _INT_KEYS = "__int_keys__"
@@ -137,6 +142,41 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+_CHUNK = 8 << 20
+# sha256 of files this process wrote or verified, by (device, inode, size, mtime), which a rename keeps: a resume
+# verifies the checkpoint in the pre-flight, and a non-finite step reloads the one it just wrote; neither reads twice.
+_DIGESTS: Dict[Tuple[int, int, int, int], str] = {}
+
+
+def _stat_key(path: Path) -> Tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def sha256(path: Path) -> str:
+    """The file's sha256 (hex), read in 8 MiB chunks."""
+    key = _stat_key(path)
+    if key not in _DIGESTS:
+        digest, buf = hashlib.sha256(), bytearray(_CHUNK)
+        view = memoryview(buf)
+        with path.open("rb", buffering=0) as fh:
+            while n := fh.readinto(buf):
+                digest.update(view[:n])
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def _read_sums(path: Path) -> Dict[str, str]:
+    """SHA256SUMS as sha256sum writes it: '<hex>  <name>' per line."""
+    sums = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or not name:
+            raise ValueError(f"malformed line {line[:40]!r}")
+        sums[name] = digest
+    return sums
+
+
 class Checkpoints:
     """The checkpoints of one run directory: save (atomic, keep the newest k), list, open the newest."""
 
@@ -160,16 +200,10 @@ class Checkpoints:
             for p in self.root.glob(".tmp-*"):
                 shutil.rmtree(p, ignore_errors=True)
 
-    def save(self, step: int, space: ParamSpace, meta: Dict[str, Any], state: Dict[str, Any]) -> Path:
-        """Write step-N atomically; raises NonFiniteError (writing nothing) if any value is not finite."""
-        tensors: Dict[str, torch.Tensor] = {}
-        tree = split_tensors(state, "", tensors)
-        _check_finite(step, space, tensors)
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / f"step-{step:08d}"
-        tmp = self.root / f".tmp-step-{step:08d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    @staticmethod
+    def _write(tmp: Path, step: int, space: ParamSpace, meta: Dict[str, Any], tree: Any,
+               tensors: Dict[str, torch.Tensor]) -> None:
+        """The checkpoint's files in tmp, each hashed and fsynced; SHA256SUMS last."""
         save_file({b.name: _owned(b.tensor) for b in space.blocks}, str(tmp / PARAMS), metadata={"format": str(FORMAT)})
         save_file({k: _owned(t) for k, t in tensors.items()}, str(tmp / STATE), metadata={"format": str(FORMAT)})
         files = {name: (tmp / name).stat().st_size for name in (PARAMS, STATE)}
@@ -177,7 +211,30 @@ class Checkpoints:
         (tmp / META).write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
         for name in (PARAMS, STATE, META):
             _fsync(tmp / name)
+        sums = "".join(f"{sha256(tmp / name)}  {name}\n" for name in (PARAMS, STATE, META))
+        (tmp / SUMS).write_text(sums, encoding="utf-8")
+        _fsync(tmp / SUMS)
         _fsync(tmp)
+
+    def save(self, step: int, space: ParamSpace, meta: Dict[str, Any], state: Dict[str, Any]) -> Path:
+        """Write step-N atomically; raises NonFiniteError (writing nothing) if any value is not finite."""
+        tensors: Dict[str, torch.Tensor] = {}
+        tree = split_tensors(state, "", tensors)
+        _check_finite(step, space, tensors)
+        final = self.root / f"step-{step:08d}"
+        tmp = self.root / f".tmp-step-{step:08d}-{os.getpid()}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            self._write(tmp, step, space, meta, tree, tensors)
+        except (OSError, SafetensorError) as err:  # a full disk, a quota, a file size limit (safetensors' own error)
+            shutil.rmtree(tmp, ignore_errors=True)  # the step-N directories stay as they were
+            found = self.steps()
+            kept = f"the previous checkpoint {found[-1][1].name} is intact" if found else "no earlier checkpoint exists"
+            why = getattr(err, "strerror", None) or _first_line(err)
+            raise CheckpointError(f"cannot write checkpoint step {step} in {self.root} ({why}); {kept}; free space, "
+                                  f"then zorun resume={self.root.parent}") from err
         if final.exists():  # a second save at the same step (e.g. a signal right after a periodic save)
             old = self.root / f".tmp-old-{final.name}"
             os.replace(final, old)
@@ -216,8 +273,7 @@ class Checkpoint:
         self.step = int(meta["step"])
 
     def _broken(self, what: str) -> CheckpointError:
-        return CheckpointError(f"checkpoint {self.path} is unusable: {what}; delete that directory to resume "
-                               f"from an older checkpoint, or start a new run directory")
+        return CheckpointError(f"checkpoint {self.path} is unusable: {what}; {_previous(self.path)}")
 
     @classmethod
     def open(cls, path: Path) -> "Checkpoint":
@@ -227,17 +283,39 @@ class Checkpoint:
             meta = json.loads((path / META).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise self._broken(f"{META} cannot be read ({type(err).__name__})") from err
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") not in READS:
             found = meta.get("format") if isinstance(meta, dict) else None
-            raise self._broken(f"format {found!r}, this zorun reads format {FORMAT}")
+            raise self._broken(f"format {found!r}, this zorun reads formats {', '.join(map(str, READS))}")
         missing = sorted({"step", "model", "state", "files"} - meta.keys())
         if missing:
             raise self._broken(f"{META} lacks {', '.join(missing)}")
-        for name, size in meta["files"].items():
+        files = meta["files"]
+        if not isinstance(files, dict) or not isinstance(meta["step"], int):
+            raise self._broken(f"{META} is not a zorun checkpoint's (files, step)")
+        for name, size in files.items():
             actual = (path / name).stat().st_size if (path / name).is_file() else None
             if actual != size:
                 raise self._broken(f"{name} is {actual} bytes, {size} were written (truncated or corrupted)")
+        if meta["format"] >= 2 or (path / SUMS).exists():
+            self._verify()
+        else:
+            log.warning("checkpoint %s predates checksums (format 1): sizes checked, contents not", path)
         return cls(path, meta)
+
+    def _verify(self) -> None:
+        """Every file's sha256 against SHA256SUMS, which must list the three files."""
+        try:
+            sums = _read_sums(self.path / SUMS)
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise self._broken(f"{SUMS} cannot be read ({_first_line(err)})") from err
+        for name in sorted({PARAMS, STATE, META} | set(sums)):
+            if name not in sums:
+                raise self._broken(f"{SUMS} lacks {name}")
+            file = self.path / name
+            if "/" in name or not file.is_file():
+                raise self._broken(f"{SUMS} lists {name}, which is not in the checkpoint")
+            if sha256(file) != sums[name]:
+                raise self._broken(f"{name} does not match its sha256 in {SUMS} (changed on disk after it was written)")
 
     def check_model(self, space: ParamSpace) -> None:
         mine, theirs = model_identity(space), self.meta["model"]
@@ -274,6 +352,15 @@ class Checkpoint:
             return join_tensors(self.meta["state"], tensors)
         except KeyError as err:
             raise self._broken(f"{STATE} lacks tensor {err}") from err
+
+
+def _previous(path: Path) -> str:
+    """The fix for an unusable checkpoint: the one before it, if the run kept one."""
+    mine = _STEP_DIR.match(path.name)
+    older = [p for step, p in Checkpoints(path.parent, 1).steps() if mine and step < int(mine.group(1))]
+    if not older:
+        return "no older checkpoint is kept: start a new run directory"
+    return f"move it out of {path.parent} to resume from {older[-1].name}, the previous checkpoint"
 
 
 def _first_line(err: BaseException) -> str:

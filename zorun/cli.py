@@ -1,42 +1,39 @@
-"""The `zorun` command: a Hydra app with a pre-flight that turns config errors into one line.
+"""The `zorun` command: a Hydra app whose bad input is one line and exit 2, before anything runs.
 
-Hydra reports a bad override as several lines and exits 1. Before handing
-over to Hydra, :func:`main` composes every job of the command (one, or the
-whole multirun grid) with Hydra's compose API and runs :func:`validate`; any
-problem is printed as ``zorun: error: ...`` with exit code 2, before any model
-loads. ``HYDRA_FULL_ERROR=1`` re-raises with the full traceback instead.
+Before handing over to Hydra, :func:`run_app` pre-flights the command
+(:mod:`zorun.preflight`: every job composed from the configs Hydra will read
+and checked); a single run then takes its directory's lock and is checked
+against what the directory holds (:mod:`zorun.resume`). Inside Hydra each job
+checks the config it is handed again at its start (a plugin sweeper's values).
+Any problem is printed as ``zorun: error: ...`` with exit code 2, and an
+existing run directory is left as it was. ``HYDRA_FULL_ERROR=1`` re-raises
+with the full traceback instead.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import hydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from zorun.config import ConfigError, register_configs, validate, validate_metatrain
 from zorun.errors import ZorunError
-from zorun.multirun import incompatibility, register_sweeps, sweeps_dir
-from zorun.paths import CONF_DIR
-from zorun.resume import expand_resume
-from zorun.safety import check_targets
-from zorun.tracking.console import preflight_progress
-from zorun.tracking.files import check_writable
+from zorun.multirun import sweeps_dir
+from zorun.preflight import (CONF_DIR, Source, check_command, check_composable, check_job, check_known_keys,
+                             job_overrides, preflight)
+from zorun.resume import Snapshot, check_run_dir, expand_resume, lock_run_dir, unlock_run_dir
+
+__all__ = ["CONF_DIR", "check_known_keys", "job_overrides", "main", "one_line", "preflight", "run_app"]
 
 GROUPS = ("model", "task", "estimator", "sampler", "budget", "logger")
 EXIT_USAGE = 2
-
-
-register_configs()
-register_sweeps()
 
 
 def group_options(group: str) -> List[str]:
@@ -79,87 +76,13 @@ def one_line(ex: BaseException) -> str:
     return _flatten(msg)
 
 
-def check_known_keys(node: DictConfig, prefix: str = "") -> None:
-    """Refuse keys a `+key=value` override added outside a group's schema."""
-    schema = OmegaConf.get_type(node)
-    if dataclasses.is_dataclass(schema):
-        fields = {f.name for f in dataclasses.fields(schema)}
-        for key in node.keys():
-            if key not in fields and key != "hydra":
-                raise ConfigError(f"unknown key '{prefix}{key}': check the spelling; `zorun --cfg job` lists every key")
-    for key in node.keys():
-        child = node._get_node(key)
-        if key != "hydra" and isinstance(child, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(child)):
-            check_known_keys(child, f"{prefix}{key}.")
+def pin_run_dir(argv: List[str], run_dir: str) -> List[str]:
+    """argv with hydra.run.dir fixed: the directory the pre-flight checked and locked is the one Hydra uses."""
+    quoted = run_dir.replace("\\", "\\\\").replace("'", "\\'")
+    return list(argv) + [f"hydra.run.dir='{quoted}'"]
 
 
-def job_overrides(overrides: List[str], multirun: bool, compose) -> List[List[str]]:
-    """Expand a command line into one override list per job, as Hydra's basic sweeper does."""
-    if not multirun:
-        return [overrides]
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    parser = OverridesParser.create()
-    plain = [o for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
-    hydra_cfg = compose([o.input_line for o in plain], return_hydra_config=True).hydra
-    params = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
-    batches = BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), None)
-    return [job for batch in batches for job in batch]
-
-
-def preflight(overrides: List[str], multirun: bool, config_name: str = "config", check_memory: bool = True) -> int:
-    """Compose and validate every job; return the number of jobs. Raises on the first bad one.
-
-    config_name="metatrain" checks zorun-metatrain's config (its estimator is the teacher, not a ZO one).
-    check_memory=False (--cfg: the config is only printed) skips the memory check of a single run."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="zorun"):
-        def _compose(ovr, return_hydra_config=False):
-            return compose(config_name, overrides=list(ovr), return_hydra_config=return_hydra_config)
-
-        jobs = job_overrides(overrides, multirun, _compose)
-        incompatible: Dict[str, List[str]] = {}
-        with preflight_progress(len(jobs)) as counted:
-            for job in counted(jobs):
-                cfg = _compose(job, return_hydra_config=True)
-                check_targets(cfg)  # before anything else: nothing but zorun.* is ever instantiated
-                check_known_keys(cfg)
-                validate(cfg)
-                if config_name == "metatrain":
-                    validate_metatrain(cfg)
-                    continue
-                reason = incompatibility(cfg)
-                if reason is not None and not (multirun and cfg.skip_incompatible):
-                    raise ConfigError(reason)
-                if reason is not None:
-                    incompatible.setdefault(reason, []).append(f"{cfg.sampler.name} x {cfg.estimator.name}")
-                elif cfg.sampler.name == "pertnn":
-                    from zorun.samplers.pertnn_io import check_exists
-
-                    check_exists(cfg.sampler.checkpoint)
-                if check_memory and not multirun and config_name == "config":  # a grid's jobs check themselves
-                    from zorun.models.fit import check_fit
-
-                    check_fit(cfg)
-        if sum(map(len, incompatible.values())) == len(jobs) > 0:
-            raise ConfigError(f"every job of the grid is incompatible: {next(iter(incompatible))}")
-        for reason, pairs in incompatible.items():
-            print(f"zorun: {len(pairs)} of {len(jobs)} jobs not run ({', '.join(sorted(set(pairs)))}): {reason}",
-                  file=sys.stderr)
-        check_writable(Path(str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)))
-    return len(jobs)
-
-
-def resolved_run_dir(overrides: List[str]) -> str:
-    """The run directory Hydra will use for these overrides (its ${now:...} resolved here, once)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="zorun"):
-        return str(compose("config", overrides=list(overrides), return_hydra_config=True).hydra.run.dir)
-
-
-def data_parallel_argv(argv: List[str], overrides: List[str], multirun: bool) -> List[str]:
+def data_parallel_argv(argv: List[str], run_dir: str, multirun: bool) -> List[str]:
     """Under torchrun: every rank runs in rank 0's run directory, and only rank 0 writes Hydra's files there."""
     from zorun.distributed import DataParallel
 
@@ -167,9 +90,7 @@ def data_parallel_argv(argv: List[str], overrides: List[str], multirun: bool) ->
         raise ZorunError("-m under torchrun would run every job on every rank; launch each job with torchrun, "
                          "or a multirun without torchrun (hydra/launcher=submitit_slurm for clusters)")
     dp = DataParallel.from_env()
-    run_dir = dp.broadcast(resolved_run_dir(overrides) if dp.is_main else None)
-    quoted = run_dir.replace("\\", "\\\\").replace("'", "\\'")
-    extra = [f"hydra.run.dir='{quoted}'"]
+    extra = pin_run_dir([], dp.broadcast(run_dir if dp.is_main else None))
     if not dp.is_main:  # no .hydra/ and no log file from the other ranks
         extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
     return list(argv) + extra
@@ -209,21 +130,53 @@ def usage() -> str:
 
 
 def _hydra_argv_parser():
+    """Hydra's command-line parser, whose usage errors are one line too."""
     from hydra._internal.utils import get_args_parser
 
-    return get_args_parser()
+    def error(message: str) -> None:
+        raise ZorunError(f"{message}; `zorun --help` lists the commands")
+
+    parser = get_args_parser()
+    parser.error = error
+    return parser
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def _app(cfg: DictConfig) -> Optional[dict]:
+def _app(cfg: DictConfig) -> float:
+    """One job: its lock, its config checked as it runs, the run; returns the number a sweeper optimises."""
+    from hydra.core.hydra_config import HydraConfig
+
     from zorun.multirun import record_if_incompatible, skip_if_completed
 
-    previous = skip_if_completed(cfg) or record_if_incompatible(cfg)  # before importing the run stack
-    if previous is not None:
-        return previous
-    from zorun.run import execute
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    locked = False  # a multirun job takes its lock here; a single run's pre-flight holds it already
+    try:
+        locked = _main_rank() and lock_run_dir(out_dir)
+        check_job(cfg, files=False)  # what runs, whatever chose its values (a plugin sweeper's are checked only here)
+    except ZorunError as err:
+        print(f"zorun: error: {err}", file=sys.stderr)
+        if locked:
+            unlock_run_dir(out_dir)
+        sys.exit(EXIT_USAGE)
+    try:
+        summary = skip_if_completed(cfg) or record_if_incompatible(cfg)  # before importing the run stack
+        if summary is None:
+            from zorun.run import execute
 
-    return execute(cfg)
+            summary = execute(cfg)
+        return objective(summary, cfg.get("optimized_metric"))
+    finally:
+        if locked:
+            unlock_run_dir(out_dir)
+
+
+def objective(summary: Dict[str, Any], key: Optional[str]) -> float:
+    """summary.json's number at the dotted key (optimized_metric), by default the dev metric of the step
+    budget.select chose; NaN where the run has none (an incompatible pair: Optuna records a failed trial)."""
+    value: Any = summary
+    for part in (key or f"selected.dev.{summary.get('metric')}").split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -234,28 +187,69 @@ def main(argv: Optional[List[str]] = None) -> None:
     run_app(_app, "config", argv, "zorun")
 
 
+def _main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run_app(app, config_name: str, argv: List[str], prog: str) -> None:
-    """Pre-flight every job of the command line (one-line errors, exit 2), then hand over to the Hydra app."""
-    args = _hydra_argv_parser().parse_args(argv)
-    if not (args.hydra_help or args.info or args.shell_completion):
-        try:
+    """Pre-flight every job of the command line (one-line errors, exit 2), then hand over to the Hydra app.
+
+    A refused single run leaves an existing run directory as it found it:
+    checked before Hydra writes there, and put back (Snapshot) if the run
+    itself refuses (exit 2)."""
+    snapshot, claimed = None, None
+    try:
+        args = _hydra_argv_parser().parse_args(argv)
+        if args.experimental_rerun is not None:
+            raise ZorunError("--experimental-rerun unpickles a saved config, and unpickling can run code; "
+                             "continue a run with resume=RUN_DIR")
+        source = Source.of(args, app, config_name)
+        if args.hydra_help or args.info or args.shell_completion:
+            check_composable(args.overrides, source)
+        else:
             overrides = args.overrides
             if config_name == "config":
                 overrides = expand_resume(args.overrides, args.multirun)
                 if overrides != args.overrides:  # resume=RUN_DIR: the run's own overrides first, then these
                     argv = [a for a in argv if a not in args.overrides] + overrides
-            preflight(overrides, args.multirun, config_name, check_memory=not args.cfg)
+            single = check_command(overrides, args.multirun, source, check_memory=not args.cfg).single
+            run_dir = str(single.hydra.run.dir) if single is not None else ""
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun
                 if config_name != "config":
                     raise ZorunError(f"{prog} runs in one process (its meta-gradient is not data-parallel); "
                                      "launch it without torchrun")
-                argv = data_parallel_argv(argv, overrides, args.multirun)
-        except (ZorunError, HydraException, OmegaConfBaseException) as ex:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            print(f"{prog}: error: {one_line(ex)}", file=sys.stderr)
-            sys.exit(EXIT_USAGE)
+                argv = data_parallel_argv(argv, run_dir, single is None)
+            elif single is not None:
+                argv = pin_run_dir(argv, run_dir)
+            if single is not None and args.cfg is None and _main_rank():
+                snapshot = claim_run_dir(single, config_name)
+                claimed = Path(run_dir)
+    except (ZorunError, HydraException, OmegaConfBaseException) as ex:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"{prog}: error: {one_line(ex)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     if args.cfg == "job" and not args.resolve:  # the values a run gets, not the recipes' ${zorun.by_peft:...}
         argv = [*argv, "--resolve"]
     sys.argv = [sys.argv[0]] + list(argv)
-    app()
+    try:
+        app()
+    except SystemExit as ex:
+        if ex.code == EXIT_USAGE and snapshot is not None:
+            snapshot.restore()
+        raise
+    finally:
+        if claimed is not None:
+            unlock_run_dir(claimed)
+
+
+def claim_run_dir(cfg: DictConfig, config_name: str) -> Optional[Snapshot]:
+    """Check a single run against what its directory holds, then lock the directory; its snapshot, if it held a run.
+
+    The check comes first, so that a refused command leaves not even a lock file behind."""
+    run_dir = Path(str(cfg.hydra.run.dir))
+    existed = run_dir.is_dir() and any(run_dir.iterdir())
+    if existed and config_name == "config":
+        check_run_dir(cfg, run_dir)
+    lock_run_dir(run_dir)
+    return Snapshot(run_dir) if existed else None

@@ -319,6 +319,9 @@ class RootConfig:
     resume: Optional[str] = None  # a run directory to continue from its last checkpoint (zorun resume=DIR)
     # where the recipe's values come from (conf/recipe/ESTIMATOR/MODEL.yaml), key by key; an override replaces the value
     defaults_from: Dict[str, Any] = field(default_factory=dict)
+    # what a sweeper plugin optimises: a dotted key of summary.json (selected.dev.accuracy, ...); null: the dev
+    # metric at the step budget.select chose
+    optimized_metric: Optional[str] = None
 
 
 @dataclass

@@ -34,7 +34,7 @@ import zorun.config  # noqa: F401  registers the zorun.* resolvers that the mode
 log = logging.getLogger(__name__)
 
 # Keys that change how a run is logged, not what it computes: not part of its identity.
-NOT_IDENTITY = ("hydra", "logger", "force", "skip_incompatible", "resume")
+NOT_IDENTITY = ("hydra", "logger", "force", "skip_incompatible", "resume", "optimized_metric")
 MAX_DIRNAME = 200  # bytes; most file systems allow 255
 SWEEP_RECORD = "sweep.json"  # in each job directory of a multirun: the launch command it belongs to
 

@@ -26,6 +26,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
+        self.second: Optional[int] = None  # a second signal, which stops the run at once
         self.previous: Dict[int, Any] = {}
 
     def __enter__(self) -> "StopSignals":
@@ -44,6 +45,7 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None:
+            self.second = signum
             raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}")
         self.received = signum
         log.warning("%s received: stopping after the current step (checkpoint, then exit); send it again to "
@@ -56,6 +58,11 @@ class StopSignals:
     @property
     def exit_code(self) -> int:
         return 128 + int(self.received or 0)
+
+    @property
+    def interrupt_exit_code(self) -> int:
+        """128 + the signal that stopped the run at once (a second SIGTERM: 143; Ctrl-C: 130)."""
+        return 128 + int(self.second or signal.SIGINT)
 
     def hand_over(self) -> None:
         """Call the handler that was installed before ours for the signal received (submitit's requeue)."""

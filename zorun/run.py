@@ -28,16 +28,18 @@ from zorun.distributed import DataParallel
 from zorun.errors import ZorunError
 from zorun.estimators.schedule import LRSchedule
 from zorun.memory import peak_bytes, peaks, reset_peaks
-from zorun.multirun import config_hash, identity
+from zorun.multirun import config_hash
 from zorun.models import load_model, load_tokenizer
 from zorun.export import MODEL_DIR, save_model
 from zorun.models.adapters import save_adapter
 from zorun.models.fit import check_fit
 from zorun.models.placement import input_device
+from zorun.norm_guard import NormGuard
 from zorun.params import ParamSpace
 from zorun.preemption import StopSignals
 from zorun.registry import ESTIMATORS, build_estimator, build_sampler
 from zorun.replay import replay
+from zorun.resume import comparable_config, config_change
 from zorun.tasks import Example, Task, build_task
 from zorun.tasks.scoring import (classification_loss, encode, evaluate_classification, evaluate_generation,
                                  evaluate_objective, lm_loss)
@@ -83,6 +85,7 @@ class Run:
         self.signals = signals or StopSignals()  # entered by execute(); never set in library use
         self.checkpoints = Checkpoints(self.out_dir / "checkpoints", cfg.budget.keep_checkpoints)
         self.saved_step: Optional[int] = None  # the step of this attempt's newest checkpoint
+        self.guard: Optional[NormGuard] = None  # the parameter-norm guard, set when training starts
         self.resumed_from: Optional[int] = None
         self.trajectory: Optional[TrajectoryWriter] = None
         self.memory: Optional[Dict[str, Dict[str, float]]] = None  # peaks of the attempt's first step, per device
@@ -110,6 +113,9 @@ class Run:
             self.task = build_task(cfg.task)  # data problems surface before the model loads
             self.tokenizer = load_tokenizer(cfg.model)
             self.build_model()
+        if latest is not None:  # every check of the checkpoint before the logs are cut back to it
+            with self.clock("checkpoint"):
+                self.resume(latest)
         header = {"num_blocks": len(self.space), "estimator": cfg.estimator.name, "sampler": cfg.sampler.name}
         if self.dp.is_main:
             self.sampler.open_log(self.out_dir)
@@ -122,9 +128,6 @@ class Run:
         log.info("model %s: %d trainable tensors, %.2fM parameters on %s%s", cfg.model.name,
                  len(self.space), self.space.numel / 1e6, self.device,
                  f"; data-parallel over {self.dp.world} ranks" if self.dp.enabled else "")
-        if latest is not None:
-            with self.clock("checkpoint"):
-                self.resume(latest)
 
     def check_data_parallel(self) -> None:
         """What data-parallel ZO cannot do, refused in one line before the model loads."""
@@ -161,12 +164,6 @@ class Run:
         self.estimator = build_estimator(cfg, self.space)
 
     # --------------------------------------------------------- checkpoints
-    def comparable_config(self) -> Dict[str, Any]:
-        """What a resume must not change: the config except logging and the budget (batch_size stays)."""
-        ident = identity(self.cfg, drop=("resume",))
-        ident["budget"] = {"batch_size": ident["budget"]["batch_size"]}
-        return ident
-
     def run_state(self) -> Dict[str, Any]:
         state = {key: getattr(self, key) for key in RUN_STATE}
         state.update(losses=self.losses[-self.cfg.budget.log_every:], dev_initial=self.results["dev_initial"],
@@ -174,15 +171,18 @@ class Run:
         return state
 
     def save_checkpoint(self) -> bool:
-        """Checkpoint the current step (once). False when the parameters are not finite: nothing is written."""
+        """Checkpoint the current step (once). False when the parameters are not finite or have blown up:
+        nothing is written."""
         if self.saved_step == self.step:
             return True
+        if not self.within_bounds():
+            return False
         state = {"estimator": self.estimator.state_dict(), "sampler": self.sampler.state_dict(),
                  "rng": rng_state(), "run": self.run_state()}
         try:
             with self.clock("checkpoint"):
                 if self.dp.is_main:
-                    meta = {"config": self.comparable_config(), "logs": log_sizes(self.log_paths())}
+                    meta = {"config": comparable_config(self.cfg), "logs": log_sizes(self.log_paths())}
                     path = self.checkpoints.save(self.step, self.space, meta, state)
                 else:  # identical parameters: this rank checks what rank 0 checks, and stops where it stops
                     check_savable(self.step, self.space, state)
@@ -199,13 +199,9 @@ class Run:
 
     def resume(self, ckpt: Checkpoint) -> None:
         ckpt.check_model(self.space)
-        saved, mine = ckpt.meta["config"], self.comparable_config()
-        diff = _first_difference(saved, mine)
-        if diff:
-            key, there, here = diff
-            raise CheckpointError(f"checkpoint {ckpt.path} was written with {key}={there}, this run has {key}={here}; "
-                                  f"a resume may change budget.* (not batch_size) and logger.* only, so start a new "
-                                  f"run directory for this change")
+        refusal = config_change(ckpt.path, ckpt.meta["config"], self.cfg)
+        if refusal is not None:
+            raise refusal
         ckpt.load_params(self.space)
         state = ckpt.load_state()
         try:
@@ -225,6 +221,14 @@ class Run:
             self.clock.totals[phase] = self.clock.totals.get(phase, 0.0) + seconds
         self.resumed_from = self.saved_step = ckpt.step
         log.info("resumed from %s at step %d", ckpt.path, ckpt.step)
+
+    def within_bounds(self) -> bool:
+        """The parameter-norm guard (zorun.norm_guard): False, and status diverged, once θ has blown up."""
+        blown = self.guard.check(self.space, self.step) if self.guard is not None else None
+        if blown is not None:
+            last = self.checkpoints.steps()
+            self.fail("diverged", f"{blown} (last checkpoint: {last[-1][1] if last else 'none'})")
+        return blown is None
 
     # ------------------------------------------------------ non-finite steps
     def restore_exactly(self, step: int) -> None:
@@ -414,6 +418,7 @@ class Run:
             self.results["dev_initial"] = self.evaluate("dev")
             log.info("dev before training: %s", self.results["dev_initial"])
         batches = self.batches(self.batches_done)
+        self.guard = NormGuard(self.space)
         self.console.start(total, f"{cfg.estimator.name}/{cfg.sampler.name}", completed=self.step)
         try:
             while self.step < total and not self.dp.any(self.signals.received is not None):
@@ -422,7 +427,7 @@ class Run:
                 self.console.advance(result.loss)
                 if self.step % budget.log_every == 0 or self.step == total:
                     self.log_step(self.losses[-budget.log_every:], lr, result)
-                if not proceed:
+                if not proceed or (self.step % budget.log_every == 0 and not self.within_bounds()):
                     break
                 if self.evaluates_at(self.step):
                     dev = self.evaluate("dev")
@@ -560,6 +565,7 @@ class Run:
             "status": self.status,
             "model": self.cfg.model.name,
             "task": self.cfg.task.name,
+            "metric": self.task.metric if hasattr(self, "task") else None,  # what `selected.dev` ranks (cli.objective)
             "estimator": self.cfg.estimator.name,
             "sampler": self.cfg.sampler.name,
             "seed": self.cfg.seed,
@@ -613,22 +619,12 @@ def _value(option: Any) -> Any:
     return getattr(option, "value", option)
 
 
-def _first_difference(a: Any, b: Any, key: str = ""):
-    """(dotted key, a's value, b's value) of the first difference between two config trees, else None."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            found = _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else k)
-            if found:
-                return found
-        return None
-    return None if a == b else (key, a, b)
-
-
 def execute(cfg: DictConfig) -> Dict[str, Any]:
     """Hydra's task function: run, always write summary.json, map failures to exit codes.
 
     Exit codes: 2 a usage or data error, 3 diverged, 128 + signal number when
-    stopped by a signal (143 for SIGTERM, 130 for SIGINT) after its checkpoint.
+    stopped by a signal (143 for SIGTERM, 130 for SIGINT) after its checkpoint,
+    and 128 + the second signal's number when a second one stops it at once.
     """
     from hydra.core.hydra_config import HydraConfig
 
@@ -644,7 +640,7 @@ def execute(cfg: DictConfig) -> Dict[str, Any]:
             exit_code = 2
         except KeyboardInterrupt:  # a second signal: stop at once, no checkpoint
             run.fail("stopped", f"interrupted at step {run.step}")
-            exit_code = 130
+            exit_code = signals.interrupt_exit_code
         except Exception as err:  # a bug: keep the traceback, but never lose the summary
             run.fail("failed", f"{type(err).__name__}: {err}")
             run.cleanup()

@@ -24,6 +24,9 @@
         peak memory of one training step per method next to one inference
         forward on the same batch, each in a fresh process, with each
         estimator's extra state.
+    zorun-bench checkpoint [overrides ...] [--repeat 3]
+        the cost of the sha256 of every checkpoint file: a save and a load
+        (open, verify, parameters) with the share spent hashing.
     zorun-bench scaling [overrides ...] [--nprocs 1,2] [--steps 10]
         data-parallel ZO: training throughput of the same run under torchrun
         with each process count (threads per process: --threads, default 1).
@@ -45,6 +48,7 @@ import torch
 from zorun import kernels
 from zorun.bench.common import DTYPES
 from zorun.bench.bandwidth import bench_kernels
+from zorun.bench.checkpoint import add_parser as add_checkpoint_parser
 from zorun.bench.memory import bench_memory, bench_pertnn
 from zorun.bench.rounding import bench_rounding
 from zorun.bench.scaling import bench_scaling
@@ -102,7 +106,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--every", type=int, default=20, help="print the losses every this many steps")
     r.set_defaults(run=bench_rounding)
 
-    for p in (k, s, m, sc, pn, r):
+    ck = add_checkpoint_parser(sub)
+
+    for p in (k, s, m, sc, pn, r, ck):
         p.add_argument("--json", default=None, help="also write the figures to this JSON file")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return ap

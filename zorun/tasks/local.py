@@ -34,11 +34,18 @@ def _is_str_list(x) -> bool:
 
 
 def read_jsonl(path: Path, kind: str, shared_candidates: List[str]) -> List[Example]:
+    if path.is_dir():
+        raise ZorunError(f"task.path={path} is a directory; give a JSONL file with one example per line")
     if not path.is_file():
         raise ZorunError(f"task.path={path} does not exist; give a JSONL file with one example per line")
     examples = []
-    with path.open(encoding="utf-8") as fh:
-        for n, raw in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for n, data in enumerate(fh, start=1):
+            try:
+                raw = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _fail(path, n, f"not UTF-8 (byte 0x{data[err.start]:02x} at column {err.start + 1}); "
+                                     f"save the file as UTF-8") from None
             if not raw.strip():
                 continue
             try:
@@ -48,7 +55,7 @@ def read_jsonl(path: Path, kind: str, shared_candidates: List[str]) -> List[Exam
             if not isinstance(rec, dict):
                 raise _fail(path, n, "expected a JSON object")
             if not isinstance(rec.get("prompt"), str):
-                raise _fail(path, n, "missing field 'prompt' (a string)")
+                raise _fail(path, n, _field(rec, "prompt", "a string"))
             if kind == "generation":
                 answers = rec.get("answers", [rec["answer"]] if isinstance(rec.get("answer"), str) else None)
                 if not _is_str_list(answers):
@@ -60,13 +67,22 @@ def read_jsonl(path: Path, kind: str, shared_candidates: List[str]) -> List[Exam
                 raise _fail(path, n, "missing field 'candidates' (two or more strings) and no task.candidates")
             label = rec.get("label")
             if not isinstance(label, int) or isinstance(label, bool):
-                raise _fail(path, n, "missing field 'label' (an integer index into the candidates)")
+                raise _fail(path, n, _field(rec, "label", "an integer index into the candidates"))
             if not 0 <= label < len(cands):
                 raise _fail(path, n, f"label {label} is out of range for {len(cands)} candidates (0..{len(cands) - 1})")
             examples.append(Example(prompt=rec["prompt"], candidates=list(cands), label=label))
     if not examples:
         raise ZorunError(f"task.path={path} holds no examples")
     return examples
+
+
+def _field(rec: dict, key: str, expected: str) -> str:
+    """A field that is missing, or there with the wrong type (named, with its JSON type)."""
+    if key not in rec:
+        return f"missing field '{key}' ({expected})"
+    kind = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(rec[key]), type(rec[key]).__name__)
+    return f"field '{key}' is {kind}, expected {expected}"
 
 
 def sized(cfg: DictConfig, n: int) -> DictConfig:
