@@ -134,11 +134,11 @@ def check_job(cfg: DictConfig, config_name: str = "config", files: bool = True) 
         raise ConfigError(f"optimized_metric={metric} names no number of summary.json; use a dotted key under "
                           f"{', '.join(OBJECTIVES)} (e.g. selected.dev.accuracy)")
     validate(cfg)
+    if config_name == "metatrain":
+        validate_metatrain(cfg)
     check_kernels(cfg)
     if files:
         check_files(cfg)
-    if config_name == "metatrain":
-        validate_metatrain(cfg)
 
 
 def check_files(cfg: DictConfig) -> None:
