@@ -130,7 +130,7 @@ def _one_token_scores(model, enc: Encoded) -> torch.Tensor:
     first = (enc.slot == 0).nonzero().squeeze(1)  # one sequence per example, in example order
     width = int(before.max()) + 1
     keep = torch.unique(before)  # sorted
-    kwargs = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(_base(model).forward).parameters else {}
+    kwargs = {"logits_to_keep": keep} if keeps_logits(model) else {}
     logits = model(input_ids=enc.input_ids[first, :width], attention_mask=enc.attention_mask[first, :width],
                    **kwargs).logits
     column = torch.searchsorted(keep, before) if kwargs else before
@@ -157,6 +157,11 @@ def _base(model):
     return model.get_base_model() if getattr(model, "active_peft_config", None) is not None else model
 
 
+def keeps_logits(model) -> bool:
+    """Whether the forward takes `logits_to_keep` (transformers 4.x OPT does not: it projects every position)."""
+    return "logits_to_keep" in inspect.signature(_base(model).forward).parameters
+
+
 def cache_argument(model):
     """The forward's name for the key/value cache: `cache` from transformers 5.x, `past_key_values` before."""
     params = inspect.signature(_base(model).forward).parameters
@@ -178,8 +183,7 @@ def shared_prompt_scores(model, tok, examples: Sequence[Example], max_length: in
     items = [tokenize(tok, ex, max_length) for ex in examples]
     ids, mask = _left_pad([p for p, _ in items], tok.pad_token_id)
     ids, mask = ids.to(device), mask.to(device)
-    # only the last position's logits are needed; transformers 4.x OPT computes them all (no logits_to_keep)
-    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(_base(model).forward).parameters else {}
+    last = {"logits_to_keep": 1} if keeps_logits(model) else {}  # only the last position's logits are needed
     answers = [a for _, ans in items for a in ans]
     width = max(len(a) for a in answers)
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
