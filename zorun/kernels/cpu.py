@@ -325,22 +325,34 @@ def _tile(row, coefs, hyp, local, z, u, xb, g, r, k0, k1, mode, stochastic):
         _narrow(t16, x, u, fmt, stochastic)
 
 
+@njit(cache=True, error_model="numpy")
+def _group(table, coefs, hyp, first, k0, k1, mode, stochastic, w):
+    """Tiles w·GROUP .. (w + 1)·GROUP − 1 of the pass; tiles first[r] .. first[r + 1] − 1 belong to row r."""
+    z = np.empty(TILE, np.float32)
+    u = np.empty(TILE, np.float32)
+    xb = np.empty(TILE, np.float32)
+    g = np.empty(TILE, np.float32)
+    r = np.empty(TILE, np.uint32)
+    t0 = w * GROUP
+    row = np.searchsorted(first, t0, side="right") - 1
+    for t in range(t0, min(t0 + GROUP, first[-1])):
+        while first[row + 1] <= t:
+            row += 1
+        _tile(table[row], coefs[row], hyp, t - first[row], z, u, xb, g, r, k0, k1, mode, stochastic)
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def _run(table, coefs, hyp, first, k0, k1, mode, stochastic):
-    """Tiles first[r] .. first[r + 1] − 1 belong to row r; GROUP consecutive tiles per prange iteration."""
-    total = first[-1]
-    for w in prange((total + GROUP - 1) // GROUP):
-        z = np.empty(TILE, np.float32)
-        u = np.empty(TILE, np.float32)
-        xb = np.empty(TILE, np.float32)
-        g = np.empty(TILE, np.float32)
-        r = np.empty(TILE, np.uint32)
-        t0 = w * GROUP
-        row = np.searchsorted(first, t0, side="right") - 1
-        for t in range(t0, min(t0 + GROUP, total)):
-            while first[row + 1] <= t:
-                row += 1
-            _tile(table[row], coefs[row], hyp, t - first[row], z, u, xb, g, r, k0, k1, mode, stochastic)
+    """The groups of tiles, handed to the threads one at a time."""
+    for w in prange((first[-1] + GROUP - 1) // GROUP):
+        _group(table, coefs, hyp, first, k0, k1, mode, stochastic, w)
+
+
+@njit(cache=True, error_model="numpy")
+def _run_serial(table, coefs, hyp, first, k0, k1, mode, stochastic):
+    """The same on the calling thread: a pass of one group, or with one thread, must not wait for the pool."""
+    for w in range((first[-1] + GROUP - 1) // GROUP):
+        _group(table, coefs, hyp, first, k0, k1, mode, stochastic, w)
 
 
 @njit(cache=True, error_model="numpy")
@@ -361,11 +373,13 @@ def _keys(seed: int) -> Tuple[np.uint64, np.uint64]:
     return np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
 
 
-def _threads() -> None:
+def _threads() -> int:
     """torch's thread count, and dynamic scheduling: on a busy machine a static half per thread waits for the
     slower thread, and 2 threads ran slower than 1."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
     numba.set_parallel_chunksize(1)
+    return n
 
 
 def _addr(t: Optional[torch.Tensor]) -> int:
@@ -389,8 +403,8 @@ def run_pass(space: ParamSpace, seed: int, blocks: List[int], coefs: List[List[f
     if first[-1] == 0:
         return
     k0, k1 = _keys(seed)
-    _threads()
-    _run(table, np.asarray(coefs, dtype=np.float32), np.asarray(hyper(p), dtype=np.float32), first, k0, k1,
+    run = _run if int(first[-1]) > GROUP and _threads() > 1 else _run_serial
+    run(table, np.asarray(coefs, dtype=np.float32), np.asarray(hyper(p), dtype=np.float32), first, k0, k1,
          p.mode, p.stochastic)
 
 
