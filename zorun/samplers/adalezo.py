@@ -88,6 +88,8 @@ class Draw:
 
 @register(AdaLeZOSamplerConfig)
 class AdaLeZOSampler(Sampler):
+    """The bandit over layers: plan() draws k layers from the policy, observe() updates the rewards."""
+
     name = "adalezo"
     log_name = LOG_NAME
 

@@ -102,6 +102,8 @@ class PertNNSamplerConfig(SamplerConfig):
 
 @register(PertNNSamplerConfig)
 class PertNNSampler(Sampler):
+    """Frozen per-block networks give each step's scales; meta-training lives in zorun-metatrain."""
+
     name = "pertnn"
     log_name = LOG_NAME
 
