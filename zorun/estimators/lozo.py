@@ -32,22 +32,40 @@ is ever allocated, and restore and update are one pass:
 θ ← k·θ + (k·r·s·U − η·…)·Vᵀ with k the decay factor. With
 ``estimator.stochastic_rounding`` the update rounds 16-bit matrices
 stochastically (uniforms from the step's seed), as the kernels do the 1-D blocks.
+lozo-m is LOZO's class with momentum (:class:`LOZOM` derives from :class:`LOZO`),
+so both live here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
 
 from zorun import kernels
-from zorun.estimators.base import ZOEstimator, copy_into, fp32_like, nbytes
+from zorun.errors import require
+from zorun.estimators.base import (ZOEstimator, ZOEstimatorConfig, copy_into, fp32_like, nbytes, register,
+                                   require_fraction)
 from zorun.kernels.reference import CHUNK, round_stochastic_
 from zorun.plan import Plan, mix_seed
 
 _U_STREAM, _V_STREAM, _ROUND_STREAM = 2, 3, 4  # sub-streams: mix_seed(seed, block, stream)
 _generators: Dict[torch.device, torch.Tensor] = {}
+
+
+@dataclass
+class LOZOConfig(ZOEstimatorConfig):
+    name: str = "lozo"
+    rank: int = 2  # r: U is m×r, V is n×r
+    interval: int = 50  # ν: steps a V is kept before it is redrawn
+
+
+@dataclass
+class LOZOMConfig(LOZOConfig):
+    name: str = "lozo-m"
+    beta1: float = 0.9  # momentum of the low-rank M
 
 
 def _gaussian(rows: int, cols: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -83,9 +101,16 @@ def lowrank_update_(theta: torch.Tensor, a: torch.Tensor, v: torch.Tensor, keep:
             round_stochastic_(view, x, torch.rand(x.shape, generator=rounding, device=x.device))
 
 
+@register(LOZOConfig)
 class LOZO(ZOEstimator):
     name = "lozo"
     kernel_directions = False  # U·Vᵀ directions of its own: a Plan's mean and candidates mean nothing here
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        require(cfg.rank >= 1, "estimator.rank", cfg.rank, "it must be >= 1")
+        require(cfg.interval >= 1, "estimator.interval", cfg.interval, "it must be >= 1 (steps a V is kept)")
 
     def __init__(self, cfg, space):
         super().__init__(cfg, space)
@@ -162,10 +187,18 @@ class LOZO(ZOEstimator):
         self.window.copy_(state["window"])
 
 
+@register(LOZOMConfig)
 class LOZOM(LOZO):
+    """lozo-m: LOZO with its momentum M kept in the low-rank space (and a momentum buffer for 1-D blocks)."""
+
     name = "lozo-m"
     max_queries = 1
     q_reason = "the momentum is updated from one low-rank estimate per step"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        require_fraction(cfg, "beta1")
 
     def __init__(self, cfg, space):
         super().__init__(cfg, space)
