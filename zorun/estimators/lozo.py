@@ -27,8 +27,9 @@ Plan's per-block scale s and weight w multiply the direction (ε·s·U Vᵀ) and
 the update (w·s) as for every estimator. The formulas above follow the
 public code line by line.
 
-The matrix passes are row-chunked ``addmm_`` calls into θ: no m×n temporary
-is ever allocated, and restore and update are one pass:
+The matrix passes are the kernels' low-rank pass
+(:func:`zorun.kernels.lowrank_update_`, row-chunked ``addmm_`` calls into θ:
+no m×n temporary is ever allocated), and restore and update are one pass:
 θ ← k·θ + (k·r·s·U − η·…)·Vᵀ with k the decay factor. With
 ``estimator.stochastic_rounding`` the update rounds 16-bit matrices
 stochastically (uniforms from the step's seed), as the kernels do the 1-D blocks.
@@ -48,7 +49,6 @@ from zorun import kernels
 from zorun.errors import require
 from zorun.estimators.base import (ZOEstimator, ZOEstimatorConfig, copy_into, fp32_like, nbytes, register,
                                    require_fraction)
-from zorun.kernels.reference import CHUNK, round_stochastic_
 from zorun.plan import Plan, mix_seed
 
 _U_STREAM, _V_STREAM, _ROUND_STREAM = 2, 3, 4  # sub-streams: mix_seed(seed, block, stream)
@@ -80,25 +80,6 @@ def _subset(plan: Plan, rows: List[int]) -> Plan:
     idx = torch.tensor(rows, dtype=torch.long)
     pick = lambda t: None if t is None else t[idx]  # noqa: E731
     return dataclasses.replace(plan, blocks=plan.blocks[idx], scale=pick(plan.scale), weight=pick(plan.weight))
-
-
-@torch.no_grad()
-def lowrank_update_(theta: torch.Tensor, a: torch.Tensor, v: torch.Tensor, keep: float = 1.0, alpha: float = 1.0,
-                    rounding: Optional[torch.Generator] = None) -> None:
-    """θ ← keep·θ + alpha·A·Vᵀ for θ viewed as m×n, in row chunks of about CHUNK elements (fp32 arithmetic);
-    16-bit θ rounded to nearest, or stochastically with uniforms from `rounding`."""
-    mat = theta.data.view(theta.shape[0], -1)
-    rows = max(1, CHUNK // mat.shape[1])
-    for start in range(0, mat.shape[0], rows):
-        view = mat[start : start + rows]
-        if view.dtype == torch.float32:
-            view.addmm_(a[start : start + rows], v.t(), beta=keep, alpha=alpha)
-            continue
-        x = torch.addmm(view.float(), a[start : start + rows], v.t(), beta=keep, alpha=alpha)
-        if rounding is None:
-            view.copy_(x)
-        else:
-            round_stochastic_(view, x, torch.rand(x.shape, generator=rounding, device=x.device))
 
 
 @register(LOZOConfig)
@@ -161,7 +142,8 @@ class LOZO(ZOEstimator):
         if dense is not None:
             kernels.perturb_(self.space, dense, alpha)
         for i, b in mats:
-            lowrank_update_(self.space.blocks[b].tensor, self._u(plan, b), self.v[b], alpha=alpha * plan.scale_of(i))
+            kernels.lowrank_update_(self.space.blocks[b].tensor, self._u(plan, b), self.v[b],
+                                    alpha=alpha * plan.scale_of(i))
 
     def restore(self, plan, restore):
         self.perturb(plan, restore)
@@ -175,8 +157,8 @@ class LOZO(ZOEstimator):
         for i, b in mats:
             s, w, keep = plan.scale_of(i), plan.weight_of(i), self._keep(b, decay)
             # θ ← k·(θ + r·s·U Vᵀ) − η·g·w·s·U Vᵀ
-            lowrank_update_(self.space.blocks[b].tensor, self._u(plan, b), self.v[b], keep=keep,
-                            alpha=keep * restore * s - coef * w * s, rounding=self._rounding(plan, b))
+            kernels.lowrank_update_(self.space.blocks[b].tensor, self._u(plan, b), self.v[b], keep=keep,
+                                    alpha=keep * restore * s - coef * w * s, rounding=self._rounding(plan, b))
 
     def state_dict(self):
         return {**super().state_dict(), "v": self.v, "window": self.window}
@@ -236,8 +218,8 @@ class LOZOM(LOZO):
             else:
                 self.m[b].mul_(beta).add_(u, alpha=(1.0 - beta) * c)
             # θ ← k·(θ + r·s·U Vᵀ) − η·M Vᵀ = k·θ + (k·r·s·U − η·M)·Vᵀ
-            lowrank_update_(self.space.blocks[b].tensor, u.mul_(keep * restore * s).sub_(self.m[b], alpha=lr),
-                            self.v[b], keep=keep, rounding=self._rounding(plan, b))
+            kernels.lowrank_update_(self.space.blocks[b].tensor, u.mul_(keep * restore * s).sub_(self.m[b], alpha=lr),
+                                    self.v[b], keep=keep, rounding=self._rounding(plan, b))
         self.fresh[plan.blocks] = False
 
     def state_dict(self):
