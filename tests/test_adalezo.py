@@ -15,8 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from zorun.config import ZOEstimatorConfig
-from zorun.estimators.base import StepResult
+from zorun.estimators.base import StepResult, ZOEstimatorConfig
 from zorun.estimators.mezo import MeZO
 from zorun.params import ParamSpace
 from zorun.samplers.adalezo import AdaLeZOSampler, AdaLeZOSamplerConfig, depth_prior, ipw_weights

@@ -17,7 +17,7 @@ from test_checkpoint import nan_at
 from test_resume import run_here
 from zorun import kernels
 from zorun.checkpoint import PARAMS
-from zorun.config import ZOEstimatorConfig
+from zorun.estimators.base import ZOEstimatorConfig
 from zorun.estimators.mezo import MeZO
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed

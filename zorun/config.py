@@ -2,10 +2,11 @@
 
 Each YAML file in ``conf/<group>/`` starts its defaults list with
 ``/schema/<group>/<schema>@_here_``, so OmegaConf checks types, enum values
-and unknown keys while Hydra composes. A sampler's schema lives in its own
-module (``zorun/samplers/<option>.py``) and is stored there. Ranges (lr > 0,
-...) cannot be expressed as types; :func:`validate` checks them before any
-model loads, asking each sampler and task module for its own.
+and unknown keys while Hydra composes. An estimator's or a sampler's schema
+lives in its own module (``zorun/estimators/<option>.py``,
+``zorun/samplers/<option>.py``) and is stored there. Ranges (lr > 0, ...)
+cannot be expressed as types; :func:`validate` checks them before any model
+loads, asking each estimator, sampler and task module for its own.
 """
 
 from __future__ import annotations
@@ -142,104 +143,6 @@ class TaskConfig:
     icl_demos: int = 0  # in-context demonstrations before each dev/test prompt (MeZO's ICL: 32)
     icl_sampling: IclSampling = IclSampling.per_example  # MeZO's icl.sh: each example's own demonstrations
     options: Dict[str, Any] = field(default_factory=dict)  # task-specific knobs
-
-
-class LRScheduleKind(str, Enum):
-    constant = "constant"
-    linear = "linear"  # linear decay to min_lr_ratio·lr at the last step
-    cosine = "cosine"  # half a cosine down to min_lr_ratio·lr
-
-
-@dataclass
-class EstimatorConfig:
-    """Fields every estimator has (zorun/estimators/); each estimator's schema below adds its own."""
-
-    name: str = "mezo"
-    lr: float = 1e-3
-    weight_decay: float = 0.0  # decoupled, θ ← (1 − lr·λ)θ; never on biases or norm weights
-    schedule: LRScheduleKind = LRScheduleKind.constant
-    warmup_steps: int = 0  # linear warm-up from 0 (Hugging Face convention)
-    min_lr_ratio: float = 0.0  # linear/cosine: the lr at the last step, as a fraction of lr
-
-
-@dataclass
-class ZOEstimatorConfig(EstimatorConfig):
-    """estimator=mezo and zo-sign; the base of every zeroth-order estimator."""
-
-    eps: float = 1e-3
-    one_sided: bool = False  # (L(θ+εz) − L(θ))/ε instead of the central difference
-    q: int = 1  # queries per step, averaged, applied sequentially
-    stochastic_rounding: bool = True  # update passes round 16-bit θ unbiasedly, so updates below half an ulp count
-
-
-@dataclass
-class ZOMomentumConfig(ZOEstimatorConfig):
-    name: str = "zo-sgd-momentum"
-    momentum: float = 0.9  # μ: buf ← μ·buf + g·z
-
-
-@dataclass
-class ZOAdamConfig(ZOEstimatorConfig):
-    name: str = "zo-adam"
-    beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
-
-
-@dataclass
-class HiZOOConfig(ZOEstimatorConfig):
-    name: str = "hizoo"
-    hessian_smooth: float = 1e-6  # α: EMA rate of the diagonal Hessian estimate (public script: 0 or 1e-8)
-
-
-@dataclass
-class LOZOConfig(ZOEstimatorConfig):
-    name: str = "lozo"
-    rank: int = 2  # r: U is m×r, V is n×r
-    interval: int = 50  # ν: steps a V is kept before it is redrawn
-
-
-@dataclass
-class LOZOMConfig(LOZOConfig):
-    name: str = "lozo-m"
-    beta1: float = 0.9  # momentum of the low-rank M
-
-
-class MixedPrecision(str, Enum):
-    none = "none"  # the passes in the weights' dtype
-    float16 = "float16"  # autocast over fp32 weights with loss scaling: HF's --fp16, MeZO's FT rows
-    bfloat16 = "bfloat16"  # autocast over fp32 weights (HF's --bf16)
-
-
-@dataclass
-class FOSGDConfig(EstimatorConfig):
-    name: str = "fo-sgd"
-    momentum: float = 0.0
-    max_grad_norm: float = 0.0  # clip the gradient's global norm to this (0: no clip); PertNN's teacher uses 1.0
-    mixed_precision: MixedPrecision = MixedPrecision.none
-
-
-@dataclass
-class FOAdamConfig(EstimatorConfig):
-    name: str = "fo-adam"
-    beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
-    max_grad_norm: float = 0.0  # clip the gradient's global norm to this (0: no clip)
-    mixed_precision: MixedPrecision = MixedPrecision.none
-
-
-ESTIMATOR_SCHEMAS = {
-    "mezo": ZOEstimatorConfig,
-    "zo-sign": ZOEstimatorConfig,
-    "zo-sgd-momentum": ZOMomentumConfig,
-    "zo-adam": ZOAdamConfig,
-    "hizoo": HiZOOConfig,
-    "lozo": LOZOConfig,
-    "lozo-m": LOZOMConfig,
-    "fo-sgd": FOSGDConfig,
-    "fo-adam": FOAdamConfig,
-}
 
 
 class Selection(str, Enum):
@@ -389,8 +292,10 @@ for _name, _resolver in {"zorun.preset": preset_value, "zorun.model_name": model
 
 
 def register_configs() -> None:
-    """Store every schema the YAMLs under conf/ compose onto (the samplers store their own when imported)."""
-    import zorun.samplers  # noqa: F401  imported here, not at the top: it loads torch, which the report does not need
+    """Store every schema the YAMLs under conf/ compose onto (estimators and samplers store theirs when imported)."""
+    # imported here, not at the top: they load torch, which the report does not need
+    import zorun.estimators  # noqa: F401
+    import zorun.samplers  # noqa: F401
 
     cs = ConfigStore.instance()
     cs.store(name="zorun_schema", node=RootConfig)
@@ -398,20 +303,21 @@ def register_configs() -> None:
     for group, node in {
         "model": ModelConfig,
         "task": TaskConfig,
-        "estimator": EstimatorConfig,
         "budget": BudgetConfig,
         "logger": LoggerConfig,
     }.items():
         cs.store(group=f"schema/{group}", name="base", node=node)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
-    for name, node in ESTIMATOR_SCHEMAS.items():
-        cs.store(group="schema/estimator", name=name, node=node)
 
 
 def validate(cfg: DictConfig) -> None:
     """Range and combination checks that types cannot express. Raises ConfigError."""
-    est, bud, task = cfg.estimator, cfg.budget, cfg.task
-    _validate_estimator(est)
+    # The method modules load torch, so they are imported here, not at the top (the report imports this module).
+    from zorun.registry import check_estimator, sampler_class
+    from zorun.tasks.registry import check_task
+
+    bud, task = cfg.budget, cfg.task
+    check_estimator(cfg.estimator)
     require(bud.steps >= 0, "budget.steps", bud.steps, "it must be >= 0")
     require(bud.epochs >= 0, "budget.epochs", bud.epochs, "it must be >= 0 (0: budget.steps counts)")
     require(bud.batch_size >= 1, "budget.batch_size", bud.batch_size, "it must be >= 1")
@@ -436,10 +342,6 @@ def validate(cfg: DictConfig) -> None:
                 f"task.icl_sampling=fixed shows the first training examples, and task.num_train={task.num_train}")
     require(task.max_new_tokens >= 1, "task.max_new_tokens", task.max_new_tokens, "it must be >= 1")
     require(cfg.model.max_length >= 8, "model.max_length", cfg.model.max_length, "it must be >= 8")
-    # The method modules load torch, so they are imported here, not at the top (the report imports this module).
-    from zorun.registry import sampler_class
-    from zorun.tasks.registry import check_task
-
     sampler_class(cfg.sampler.name).check(cfg.sampler)
     _validate_model(cfg.model)
     if cfg.model.init == ModelInit.random and not cfg.model.arch:
@@ -488,26 +390,3 @@ def validate_metatrain(cfg: DictConfig) -> None:
     if cfg.kernels == KernelBackend.triton:
         raise ConfigError("meta-training regenerates z with the torch reference generator for its meta-gradient; "
                           "use kernels=torch or auto")
-
-
-def _validate_estimator(est: DictConfig) -> None:
-    """Ranges of the estimator fields; a field is checked where the estimator's schema has it."""
-    require(est.lr > 0, "estimator.lr", est.lr, "it must be > 0")
-    require(est.weight_decay >= 0, "estimator.weight_decay", est.weight_decay, "it must be >= 0")
-    require(est.warmup_steps >= 0, "estimator.warmup_steps", est.warmup_steps, "it must be >= 0")
-    require(0 <= est.min_lr_ratio <= 1, "estimator.min_lr_ratio", est.min_lr_ratio, "it must be in [0, 1]")
-    rules = {
-        "eps": (lambda x: x > 0, "it must be > 0"),
-        "q": (lambda x: x >= 1, "it must be >= 1"),
-        "momentum": (lambda x: 0 <= x < 1, "it must be in [0, 1)"),
-        "beta1": (lambda x: 0 <= x < 1, "it must be in [0, 1)"),
-        "beta2": (lambda x: 0 <= x < 1, "it must be in [0, 1)"),
-        "adam_eps": (lambda x: x > 0, "it must be > 0"),
-        "hessian_smooth": (lambda x: 0 <= x <= 1, "it must be in [0, 1] (the EMA rate of the Hessian estimate)"),
-        "rank": (lambda x: x >= 1, "it must be >= 1"),
-        "interval": (lambda x: x >= 1, "it must be >= 1 (steps a V is kept)"),
-        "max_grad_norm": (lambda x: x >= 0, "it must be >= 0 (0: no clip)"),
-    }
-    for key, (ok, rule) in rules.items():
-        if key in est:
-            require(ok(est[key]), f"estimator.{key}", est[key], rule)

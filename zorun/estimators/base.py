@@ -19,6 +19,14 @@ so a state_dict plus the sampler's state reproduces a run exactly.
 ``estimator.stochastic_rounding`` (default true) makes every update pass
 round 16-bit parameters stochastically, so an update below half an ulp still
 moves them on average; perturbations and restores round to nearest.
+
+The first-order baselines (fo-sgd, fo-adam) share :class:`FirstOrder`: one
+forward and one backward per step, then their torch.optim optimizer.
+Each ``estimators/<option>.py`` (lozo-m: in lozo.py, LOZO with momentum)
+holds its schema (a dataclass derived from :class:`EstimatorConfig`), its
+range checks (``check``), the options it refuses (``refuse``) and its class,
+and adds itself to :data:`ESTIMATORS` with :func:`register`; importing
+:mod:`zorun.estimators` imports them all.
 """
 
 from __future__ import annotations
@@ -26,18 +34,89 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from enum import Enum
+from typing import Any, Callable, Dict, Optional, Type
 
 import torch
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from zorun import kernels
-from zorun.errors import ConfigError
+from zorun.errors import ConfigError, ZorunError, require
+from zorun.estimators.schedule import LRScheduleKind
 from zorun.params import ParamSpace
 from zorun.plan import Plan
 from zorun.timing import Clock
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EstimatorConfig:
+    """Fields every estimator has; each estimator's schema adds its own (``/schema/estimator/<option>``)."""
+
+    name: str = "mezo"
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # decoupled, θ ← (1 − lr·λ)θ; never on biases or norm weights
+    schedule: LRScheduleKind = LRScheduleKind.constant
+    warmup_steps: int = 0  # linear warm-up from 0 (Hugging Face convention)
+    min_lr_ratio: float = 0.0  # linear/cosine: the lr at the last step, as a fraction of lr
+
+
+@dataclass
+class ZOEstimatorConfig(EstimatorConfig):
+    """estimator=mezo and zo-sign; the base of every zeroth-order estimator."""
+
+    eps: float = 1e-3
+    one_sided: bool = False  # (L(θ+εz) − L(θ))/ε instead of the central difference
+    q: int = 1  # queries per step, averaged, applied sequentially
+    stochastic_rounding: bool = True  # update passes round 16-bit θ unbiasedly, so updates below half an ulp count
+
+
+class MixedPrecision(str, Enum):
+    """estimator.mixed_precision of the first-order estimators."""
+
+    none = "none"  # the passes in the weights' dtype
+    float16 = "float16"  # autocast over fp32 weights with loss scaling: HF's --fp16, MeZO's FT rows
+    bfloat16 = "bfloat16"  # autocast over fp32 weights (HF's --bf16)
+
+
+ConfigStore.instance().store(group="schema/estimator", name="base", node=EstimatorConfig)
+
+ESTIMATORS: Dict[str, Type["Estimator"]] = {}  # option name -> class
+
+
+def register(schema: type) -> Callable[[Type["Estimator"]], Type["Estimator"]]:
+    """Class decorator: estimator=<cls.name> builds cls, and its YAML composes onto ``/schema/estimator/<cls.name>``."""
+
+    def add(cls: Type[Estimator]) -> Type[Estimator]:
+        ESTIMATORS[cls.name] = cls
+        ConfigStore.instance().store(group="schema/estimator", name=cls.name, node=schema)
+        return cls
+
+    return add
+
+
+def require_fraction(cfg: DictConfig, *keys: str) -> None:
+    """Each key in [0, 1): a momentum or an Adam beta."""
+    for key in keys:
+        require(0 <= cfg[key] < 1, f"estimator.{key}", cfg[key], "it must be in [0, 1)")
+
+
+def require_positive(cfg: DictConfig, key: str) -> None:
+    require(cfg[key] > 0, f"estimator.{key}", cfg[key], "it must be > 0")
+
+
+def check_adam(cfg: DictConfig) -> None:
+    """The ranges of Adam's beta1, beta2 and adam_eps (zo-adam and fo-adam)."""
+    require_fraction(cfg, "beta1", "beta2")
+    require_positive(cfg, "adam_eps")
+
+
+def check_probe(cfg: DictConfig) -> None:
+    """The ranges of ZOEstimatorConfig's probe fields (every ZO estimator, HiZOO's own step included)."""
+    require_positive(cfg, "eps")
+    require(cfg.q >= 1, "estimator.q", cfg.q, "it must be >= 1")
 
 
 @dataclass
@@ -72,7 +151,17 @@ class Estimator:
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
-        """Refuse options this estimator cannot honour (ConfigError, one line), before the model loads."""
+        """Range checks of the `estimator` node that types cannot express (before any model loads)."""
+        require_positive(cfg, "lr")
+        require(cfg.weight_decay >= 0, "estimator.weight_decay", cfg.weight_decay, "it must be >= 0")
+        require(cfg.warmup_steps >= 0, "estimator.warmup_steps", cfg.warmup_steps, "it must be >= 0")
+        require(0 <= cfg.min_lr_ratio <= 1, "estimator.min_lr_ratio", cfg.min_lr_ratio, "it must be in [0, 1]")
+
+    @classmethod
+    def refuse(cls, cfg: DictConfig) -> None:
+        """Refuse options this estimator cannot honour together (ConfigError, one line), before the model loads.
+
+        Apart from the range checks: a multirun with skip_incompatible records such a job instead of failing."""
 
     @property
     def state_bytes(self) -> int:
@@ -117,6 +206,11 @@ class ZOEstimator(Estimator):
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
+        super().check(cfg)
+        check_probe(cfg)
+
+    @classmethod
+    def refuse(cls, cfg: DictConfig) -> None:
         if cls.max_queries is not None and cfg.q > cls.max_queries:
             raise ConfigError(f"estimator={cls.name} supports estimator.q=1 only ({cls.q_reason}); got q={cfg.q}")
 
@@ -203,3 +297,118 @@ class ZOEstimator(Estimator):
         self.steps += 1
         return StepResult(sum(losses) / q, sum(grads) / q, passes,
                           extras={"loss_plus": lp, "loss_minus": lm, "grads": grads, **searched})
+
+
+class FirstOrder(Estimator):
+    """Backpropagation baselines with torch.optim: the memory upper bound of the ZO papers' tables (MeZO's
+    "FT" rows) and the teacher trajectory of PertNN meta-training.
+
+    The run hands them a differentiable loss (one forward with autograd
+    history); each step is one forward and one backward pass, then the
+    subclass's optimizer (:meth:`make_optimizer`). Weight decay goes to the
+    parameter group of decayed tensors only (never biases or norm weights).
+    ``max_grad_norm`` > 0 clips the global gradient norm first
+    (torch.nn.utils.clip_grad_norm_; the reported grad is the norm before
+    clipping). Gradients are freed after each step; ``state_bytes`` is the
+    optimizer's state (momentum buffer, Adam moments), while gradients and
+    activations show in ``peak_mem_bytes``. They ignore the sampler's Plan, so
+    the registry pairs them with sampler=uniform only.
+
+    ``mixed_precision`` (float16 | bfloat16) runs the forward and backward under
+    torch.autocast over fp32 weights, as the HF Trainer's ``--fp16`` that MeZO's
+    FT rows use; float16 scales the loss with torch's GradScaler (initial scale
+    2^16, halved on overflow), and a step whose scaled gradient overflows leaves
+    θ untouched and lowers the scale, as there: it is a step of the budget, not
+    a non-finite loss.
+    """
+
+    passes_per_step = 1
+    differentiable = True
+
+    def __init__(self, cfg, space):
+        super().__init__(cfg, space)
+        decayed = [b.tensor for b in space.blocks if b.decay]
+        rest = [b.tensor for b in space.blocks if not b.decay]
+        groups = [{"params": ps, "weight_decay": wd}
+                  for ps, wd in ((decayed, float(cfg.weight_decay)), (rest, 0.0)) if ps]
+        self.params = [b.tensor for b in space.blocks]
+        self.max_grad_norm = float(cfg.get("max_grad_norm", 0.0))  # HF Trainer's clip; 0: none
+        self.optimizer = self.make_optimizer(groups)
+        amp = str(getattr(cfg.mixed_precision, "value", cfg.mixed_precision))
+        self.amp_dtype = None if amp == "none" else getattr(torch, amp)
+        if self.amp_dtype is not None and any(p.dtype != torch.float32 for p in self.params):
+            raise ZorunError(f"estimator.mixed_precision={amp} keeps float32 weights and autocasts the passes; "
+                             f"set model.dtype=float32")
+        device = self.params[0].device.type if self.params else "cpu"
+        self.scaler = torch.amp.GradScaler(device) if self.amp_dtype == torch.float16 else None
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        require(cfg.max_grad_norm >= 0, "estimator.max_grad_norm", cfg.max_grad_norm, "it must be >= 0 (0: no clip)")
+
+    @classmethod
+    def refuse(cls, cfg) -> None:
+        if str(getattr(cfg.mixed_precision, "value", cfg.mixed_precision)) == "float16" and \
+                not hasattr(torch.amp, "GradScaler"):
+            raise ConfigError("estimator.mixed_precision=float16 scales the loss with torch.amp.GradScaler "
+                              "(torch >= 2.3); upgrade torch or use bfloat16")
+
+    def autocast(self):
+        device = self.params[0].device.type if self.params else "cpu"
+        return torch.autocast(device, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def make_optimizer(self, groups) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    @property
+    def state_bytes(self) -> int:
+        return nbytes(t for st in self.optimizer.state.values() for t in st.values() if torch.is_tensor(t))
+
+    def step(self, plan, loss, lr, clock) -> StepResult:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        with clock("forward"):  # forward and backward
+            with self.autocast():
+                value = loss()
+            finite = bool(torch.isfinite(value))
+            if finite:
+                (self.scaler.scale(value) if self.scaler else value).backward()
+        if not finite:
+            return StepResult(float(value.detach()), float("nan"), 1, finite=False)
+        with clock("update"):
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            norms = [torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]
+            norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+            if math.isfinite(norm) and self.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            if self.scaler:  # skips the update itself on overflow, then adjusts the scale
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            elif math.isfinite(norm):
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)  # gradients are not state between steps
+        if not math.isfinite(norm) and not self.scaler:  # parameters untouched
+            return StepResult(float(value.detach()), norm, 1, finite=False, backward_passes=1)
+        self.steps += 1
+        return StepResult(float(value.detach()), norm, 1, backward_passes=1,
+                          extras={"scale_overflow": True} if not math.isfinite(norm) else {})
+
+    def state_dict(self):
+        """torch.optim's state, keyed by parameter index as str (checkpoints keep string keys)."""
+        opt = self.optimizer.state_dict()
+        opt["state"] = {str(k): v for k, v in opt["state"].items()}
+        state = {**super().state_dict(), "optimizer": opt}
+        if self.scaler:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        opt = dict(state["optimizer"])
+        opt["state"] = {int(k): v for k, v in opt["state"].items()}
+        self.optimizer.load_state_dict(opt)
+        if self.scaler:
+            self.scaler.load_state_dict(state["scaler"])

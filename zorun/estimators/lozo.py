@@ -27,27 +27,45 @@ Plan's per-block scale s and weight w multiply the direction (ε·s·U Vᵀ) and
 the update (w·s) as for every estimator. The formulas above follow the
 public code line by line.
 
-The matrix passes are row-chunked ``addmm_`` calls into θ: no m×n temporary
-is ever allocated, and restore and update are one pass:
+The matrix passes are the kernels' low-rank pass
+(:func:`zorun.kernels.lowrank_update_`, row-chunked ``addmm_`` calls into θ:
+no m×n temporary is ever allocated), and restore and update are one pass:
 θ ← k·θ + (k·r·s·U − η·…)·Vᵀ with k the decay factor. With
 ``estimator.stochastic_rounding`` the update rounds 16-bit matrices
 stochastically (uniforms from the step's seed), as the kernels do the 1-D blocks.
+lozo-m is LOZO's class with momentum (:class:`LOZOM` derives from :class:`LOZO`),
+so both live here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
 
 from zorun import kernels
-from zorun.estimators.base import ZOEstimator, copy_into, fp32_like, nbytes
-from zorun.kernels.reference import CHUNK, round_stochastic_
+from zorun.errors import require
+from zorun.estimators.base import (ZOEstimator, ZOEstimatorConfig, copy_into, fp32_like, nbytes, register,
+                                   require_fraction)
 from zorun.plan import Plan, mix_seed
 
 _U_STREAM, _V_STREAM, _ROUND_STREAM = 2, 3, 4  # sub-streams: mix_seed(seed, block, stream)
 _generators: Dict[torch.device, torch.Tensor] = {}
+
+
+@dataclass
+class LOZOConfig(ZOEstimatorConfig):
+    name: str = "lozo"
+    rank: int = 2  # r: U is m×r, V is n×r
+    interval: int = 50  # ν: steps a V is kept before it is redrawn
+
+
+@dataclass
+class LOZOMConfig(LOZOConfig):
+    name: str = "lozo-m"
+    beta1: float = 0.9  # momentum of the low-rank M
 
 
 def _gaussian(rows: int, cols: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -64,28 +82,16 @@ def _subset(plan: Plan, rows: List[int]) -> Plan:
     return dataclasses.replace(plan, blocks=plan.blocks[idx], scale=pick(plan.scale), weight=pick(plan.weight))
 
 
-@torch.no_grad()
-def lowrank_update_(theta: torch.Tensor, a: torch.Tensor, v: torch.Tensor, keep: float = 1.0, alpha: float = 1.0,
-                    rounding: Optional[torch.Generator] = None) -> None:
-    """θ ← keep·θ + alpha·A·Vᵀ for θ viewed as m×n, in row chunks of about CHUNK elements (fp32 arithmetic);
-    16-bit θ rounded to nearest, or stochastically with uniforms from `rounding`."""
-    mat = theta.data.view(theta.shape[0], -1)
-    rows = max(1, CHUNK // mat.shape[1])
-    for start in range(0, mat.shape[0], rows):
-        view = mat[start : start + rows]
-        if view.dtype == torch.float32:
-            view.addmm_(a[start : start + rows], v.t(), beta=keep, alpha=alpha)
-            continue
-        x = torch.addmm(view.float(), a[start : start + rows], v.t(), beta=keep, alpha=alpha)
-        if rounding is None:
-            view.copy_(x)
-        else:
-            round_stochastic_(view, x, torch.rand(x.shape, generator=rounding, device=x.device))
-
-
+@register(LOZOConfig)
 class LOZO(ZOEstimator):
     name = "lozo"
     kernel_directions = False  # U·Vᵀ directions of its own: a Plan's mean and candidates mean nothing here
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        require(cfg.rank >= 1, "estimator.rank", cfg.rank, "it must be >= 1")
+        require(cfg.interval >= 1, "estimator.interval", cfg.interval, "it must be >= 1 (steps a V is kept)")
 
     def __init__(self, cfg, space):
         super().__init__(cfg, space)
@@ -136,7 +142,8 @@ class LOZO(ZOEstimator):
         if dense is not None:
             kernels.perturb_(self.space, dense, alpha)
         for i, b in mats:
-            lowrank_update_(self.space.blocks[b].tensor, self._u(plan, b), self.v[b], alpha=alpha * plan.scale_of(i))
+            kernels.lowrank_update_(self.space.blocks[b].tensor, self._u(plan, b), self.v[b],
+                                    alpha=alpha * plan.scale_of(i))
 
     def restore(self, plan, restore):
         self.perturb(plan, restore)
@@ -150,8 +157,8 @@ class LOZO(ZOEstimator):
         for i, b in mats:
             s, w, keep = plan.scale_of(i), plan.weight_of(i), self._keep(b, decay)
             # θ ← k·(θ + r·s·U Vᵀ) − η·g·w·s·U Vᵀ
-            lowrank_update_(self.space.blocks[b].tensor, self._u(plan, b), self.v[b], keep=keep,
-                            alpha=keep * restore * s - coef * w * s, rounding=self._rounding(plan, b))
+            kernels.lowrank_update_(self.space.blocks[b].tensor, self._u(plan, b), self.v[b], keep=keep,
+                                    alpha=keep * restore * s - coef * w * s, rounding=self._rounding(plan, b))
 
     def state_dict(self):
         return {**super().state_dict(), "v": self.v, "window": self.window}
@@ -162,10 +169,18 @@ class LOZO(ZOEstimator):
         self.window.copy_(state["window"])
 
 
+@register(LOZOMConfig)
 class LOZOM(LOZO):
+    """lozo-m: LOZO with its momentum M kept in the low-rank space (and a momentum buffer for 1-D blocks)."""
+
     name = "lozo-m"
     max_queries = 1
     q_reason = "the momentum is updated from one low-rank estimate per step"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        require_fraction(cfg, "beta1")
 
     def __init__(self, cfg, space):
         super().__init__(cfg, space)
@@ -203,8 +218,8 @@ class LOZOM(LOZO):
             else:
                 self.m[b].mul_(beta).add_(u, alpha=(1.0 - beta) * c)
             # θ ← k·(θ + r·s·U Vᵀ) − η·M Vᵀ = k·θ + (k·r·s·U − η·M)·Vᵀ
-            lowrank_update_(self.space.blocks[b].tensor, u.mul_(keep * restore * s).sub_(self.m[b], alpha=lr),
-                            self.v[b], keep=keep, rounding=self._rounding(plan, b))
+            kernels.lowrank_update_(self.space.blocks[b].tensor, u.mul_(keep * restore * s).sub_(self.m[b], alpha=lr),
+                                    self.v[b], keep=keep, rounding=self._rounding(plan, b))
         self.fresh[plan.blocks] = False
 
     def state_dict(self):

@@ -9,9 +9,10 @@ weight decay is applied once per step (with the first query's pass).
 from __future__ import annotations
 
 from zorun import kernels
-from zorun.estimators.base import ZOEstimator
+from zorun.estimators.base import ZOEstimator, ZOEstimatorConfig, register
 
 
+@register(ZOEstimatorConfig)
 class MeZO(ZOEstimator):
     name = "mezo"
 

@@ -12,8 +12,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 
-SCHEDULES = ("constant", "linear", "cosine")
+
+class LRScheduleKind(str, Enum):
+    """estimator.schedule: the shape after warm-up."""
+
+    constant = "constant"
+    linear = "linear"  # linear decay to min_lr_ratio·lr at the last step
+    cosine = "cosine"  # half a cosine down to min_lr_ratio·lr
+
+
+SCHEDULES = tuple(kind.value for kind in LRScheduleKind)
 
 
 @dataclass(frozen=True)

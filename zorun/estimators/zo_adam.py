@@ -12,16 +12,32 @@ moments are untouched.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from zorun import kernels
-from zorun.estimators.base import ZOEstimator, copy_into, fp32_like, nbytes
+from zorun.estimators.base import ZOEstimator, ZOEstimatorConfig, check_adam, copy_into, fp32_like, nbytes, register
 
 
+@dataclass
+class ZOAdamConfig(ZOEstimatorConfig):
+    name: str = "zo-adam"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+
+
+@register(ZOAdamConfig)
 class ZOAdam(ZOEstimator):
     name = "zo-adam"
     max_queries = 1
     q_reason = "v needs the square of the averaged estimate, i.e. a full-size buffer for it"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        check_adam(cfg)
 
     def __init__(self, cfg, space):
         super().__init__(cfg, space)

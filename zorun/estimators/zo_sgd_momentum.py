@@ -13,12 +13,27 @@ inactive keep their buf untouched (their momentum neither decays nor acts).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from zorun import kernels
-from zorun.estimators.base import ZOEstimator, copy_into, fp32_like, nbytes
+from zorun.estimators.base import (ZOEstimator, ZOEstimatorConfig, copy_into, fp32_like, nbytes, register,
+                                   require_fraction)
 
 
+@dataclass
+class ZOMomentumConfig(ZOEstimatorConfig):
+    name: str = "zo-sgd-momentum"
+    momentum: float = 0.9  # μ: buf ← μ·buf + g·z
+
+
+@register(ZOMomentumConfig)
 class ZOMomentum(ZOEstimator):
     name = "zo-sgd-momentum"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        require_fraction(cfg, "momentum")
 
     def __init__(self, cfg, space):
         super().__init__(cfg, space)

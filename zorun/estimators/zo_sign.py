@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 
 from zorun import kernels
-from zorun.estimators.base import ZOEstimator
+from zorun.estimators.base import ZOEstimator, ZOEstimatorConfig, register
 
 
+@register(ZOEstimatorConfig)
 class ZOSign(ZOEstimator):
     name = "zo-sign"
 

@@ -25,6 +25,8 @@ state, are not touched. State tensors are fp32, θ's shape, indexed by block
 id. ``stochastic=True`` rounds 16-bit θ stochastically (unbiased), so updates
 below half an ulp still move θ on average; fp32 θ is unaffected.
 Backend choice: :func:`select` (``kernels=auto|triton|numba|torch``); :func:`z_chunks` gives the z a pass applies.
+One pass draws no z: ``lowrank_update_`` (θ ← keep·θ + α·A·Vᵀ for one matrix θ), LOZO's low-rank
+direction U·Vᵀ, a matmul rather than a stream (:mod:`zorun.kernels.lowrank`).
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ from typing import Sequence, Tuple
 import torch
 
 from zorun.kernels.dispatch import BACKENDS, current, run, select, z_chunks
+from zorun.kernels.lowrank import lowrank_update_
 from zorun.kernels.passes import ACCUMULATE, ADAM, HIZOO, MOMENTUM, Pass, StepArg
 from zorun.params import ParamSpace
 from zorun.plan import Plan
 
 __all__ = ["perturb_", "update_", "update_momentum_", "update_adam_", "update_hizoo_", "accumulate_", "select",
-           "current", "z_chunks", "BACKENDS"]
+           "lowrank_update_", "current", "z_chunks", "BACKENDS"]
 
 
 def perturb_(space: ParamSpace, plan: Plan, alpha: float) -> None:
