@@ -2,7 +2,7 @@
 
 Weight decay is decoupled like the ZO estimators' and skips biases and norm
 weights; the two moments are the optimizer's state. The step itself is
-:class:`~zorun.estimators.base.FirstOrder`'s.
+:class:`~zorun.estimators.first_order.FirstOrder`'s.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from zorun.estimators.base import EstimatorConfig, FirstOrder, MixedPrecision, check_adam, register
+from zorun.estimators.base import EstimatorConfig, check_adam, register
+from zorun.estimators.first_order import FirstOrder, MixedPrecision
 
 
 @dataclass

@@ -5,7 +5,7 @@ The memory upper bound of the ZO papers' tables and the teacher trajectory
 of PertNN meta-training (momentum 0.8, max_grad_norm 1.0 there:
 conf/estimator/fo-sgd-teacher.yaml). Weight decay is torch's classic L2 term
 on the decayed tensors (the same as decoupled decay without momentum). The
-step itself is :class:`~zorun.estimators.base.FirstOrder`'s.
+step itself is :class:`~zorun.estimators.first_order.FirstOrder`'s.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from zorun.estimators.base import EstimatorConfig, FirstOrder, MixedPrecision, register, require_fraction
+from zorun.estimators.base import EstimatorConfig, register, require_fraction
+from zorun.estimators.first_order import FirstOrder, MixedPrecision
 
 
 @dataclass
