@@ -25,10 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from zorun.config import ConfigError, RootConfig, register_configs, validate, validate_metatrain
 from zorun.identity import override_root
-from zorun.multirun import incompatibility, register_sweeps
 from zorun.safety import (check_kernels, check_model_dir, check_names, check_searchpath_overrides, check_targets,
                           check_values)
 from zorun.paths import CONF_DIR
+from zorun.sweep.multirun import incompatibility, register_sweeps
 from zorun.tracking.console import preflight_progress
 from zorun.tracking.files import check_writable
 

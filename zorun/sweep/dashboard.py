@@ -24,8 +24,8 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from zorun.results import Results, read_records
-from zorun.time_to_target import COLUMNS
+from zorun.sweep.results import Results, read_records
+from zorun.sweep.time_to_target import COLUMNS
 
 NAME = "report.html"
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}

@@ -166,7 +166,7 @@ class MultirunCallback(Callback):
         write_json_atomic(out_dir / SWEEP_RECORD, {"grid": self.grid})
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from zorun.report import build_reports  # plotly and matplotlib: loaded when a multirun ends, not by every zorun
+        from zorun.sweep.report import build_reports  # plotly, matplotlib: loaded when a multirun ends
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:

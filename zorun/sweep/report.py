@@ -11,13 +11,17 @@ default); the setting with the best mean dev metric there is chosen (dev
 only, never test) and its test metric is shown as mean ± std (n) over seeds
 (the mean alone for one seed). Failed jobs are listed with their error line.
 Besides report.md, the CSV files and PNG plots, ``report.html`` is an
-interactive dashboard of the same results (:mod:`zorun.dashboard`).
+interactive dashboard of the same results (:mod:`zorun.sweep.dashboard`).
 
 A directory holds one sweep: the jobs of one launch command (each job's
 ``sweep.json``) and its relaunches. One that holds several (another grid
 pointed at it) is split, a report per sweep in ``report/<sweep>/``, unless
 --merge asks for one; two runs of one configuration in a directory (two
 launches that collided) are refused, since their seeds would count twice.
+
+The jobs and their aggregation are :mod:`zorun.sweep.results`; a
+:class:`Report` adds the outputs: report.md, the CSV files, the plots,
+report.html and the console table.
 """
 
 from __future__ import annotations
@@ -33,12 +37,12 @@ from typing import Dict, List, Optional, Tuple
 from rich.console import Console
 from rich.table import Table
 
-from zorun.dashboard import write_dashboard
+from zorun.sweep.dashboard import write_dashboard
 from zorun.errors import ZorunError
-from zorun.plots import plot_all
-from zorun.results import Cell, Job, Results, check_one_launch, find_jobs, primary_metric
-from zorun.time_to_target import COLUMNS as TARGET_COLUMNS
-from zorun.time_to_target import Target
+from zorun.sweep.plots import plot_all
+from zorun.sweep.results import Cell, Job, Results, check_one_launch, find_jobs, primary_metric
+from zorun.sweep.time_to_target import COLUMNS as TARGET_COLUMNS
+from zorun.sweep.time_to_target import Target
 
 MARKDOWN_METHODS = 8  # more methods than this: report.md lists a row per method (a column per model x task)
 

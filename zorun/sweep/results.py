@@ -2,7 +2,7 @@
 
 Only what every job writes (``.hydra/``, ``summary.json``, ``metrics.jsonl``,
 ``sweep.json``): :func:`find_jobs` loads it, :class:`Results` aggregates it
-into the table's cells by the rules :mod:`zorun.report` states. The report's
+into the table's cells by the rules :mod:`zorun.sweep.report` states. The report's
 tables, plots and dashboard and W&B's report run all draw on these objects.
 """
 
@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import zorun.config  # noqa: F401  registers the zorun.* resolvers that saved run configs use (config_hash resolves)
 from zorun.errors import ZorunError
 from zorun.identity import NOT_IDENTITY, SWEEP_RECORD, config_hash, method_label, override_root, safe_dirname
-from zorun.time_to_target import Row, Target, time_to_target
+from zorun.sweep.time_to_target import Row, Target, time_to_target
 
 PRIMARY_METRICS = ("accuracy", "f1", "em")  # the first one a task reports is the table's metric
 SEED_KEYS = ("seed", "task.seed")  # what mean ± std runs over: the run seed and the data draw (MeZO's SEED)

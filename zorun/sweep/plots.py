@@ -1,6 +1,6 @@
 """The sweep report's PNG plots: loss against step and seconds, the time breakdown and each sampler's own figure
 (AdaLeZO's layer heat maps), drawn with matplotlib for report.md and W&B images; report.html draws the same data
-with plotly (:mod:`zorun.dashboard`).
+with plotly (:mod:`zorun.sweep.dashboard`).
 
 matplotlib is imported in the functions: :func:`plot_all` selects the file-only Agg backend before pyplot loads,
 and importing the report changes no one's backend. zorun.timing and the sampler registry load torch, which the
@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from zorun.results import Results
+from zorun.sweep.results import Results
 
 
 def plot_all(report: Results) -> List[Path]:
