@@ -10,7 +10,7 @@ from conftest import run_cli
 
 from zorun.cli import preflight
 from zorun.config import ConfigError
-from zorun.report import build_report
+from zorun.sweep.report import build_report
 
 
 def read_jsonl(path):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from test_report import ADALEZO_LOG, make_job, summary_for
-from zorun.report import build_report
-from zorun.time_to_target import Target
+from zorun.sweep.report import build_report
+from zorun.sweep.time_to_target import Target
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

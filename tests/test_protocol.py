@@ -23,7 +23,7 @@ from zorun.config import validate
 from zorun.errors import ZorunError
 from zorun.models import fit, loading
 from zorun.models.tokenizer import build_tiny_tokenizer
-from zorun.report import build_report
+from zorun.sweep.report import build_report
 from zorun.run import Run
 from zorun.tasks import build_task
 from zorun.tasks.base import Example

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from zorun.cli import CONF_DIR
-from zorun.report import build_report, main
+from zorun.sweep.report import build_report, main
 
 # (sampler, lr, seed) -> (dev accuracy, test accuracy). For mezo, lr 1e-3 wins on dev
 # although lr 1e-4 is better on test: the report must select on dev.
@@ -142,7 +142,7 @@ def test_incompatible_jobs_are_na_cells_not_failures(sweep, capsys, monkeypatch)
 
 def test_grids_too_wide_to_read_list_a_row_per_method(sweep, capsys, monkeypatch):
     report = build_report(sweep)
-    monkeypatch.setattr("zorun.report.MARKDOWN_METHODS", 2)  # 3 methods: report.md transposes
+    monkeypatch.setattr("zorun.sweep.report.MARKDOWN_METHODS", 2)  # 3 methods: report.md transposes
     table = [line for line in report.markdown().splitlines() if line.startswith("|")]
     assert table == ["| method | tiny / synthetic |", "|---|---|", "| zero-shot | 52.0 |",
                      "| mezo | 72.0 ± 2.8 (2) |", "| mezo+adalezo | 78.0 ± 2.8 (2) **\\*** |"]
@@ -198,8 +198,8 @@ def test_time_to_target_steps_seconds_and_speedup_over_the_base_estimator(tmp_pa
     assert slow["reached"] == "0/1" and slow["steps"] == "–"
     assert "## Time to target: dev accuracy >= 0.9" in (root / "report" / "report.md").read_text()
 
-    from zorun.report import build_report as build
-    from zorun.time_to_target import Target
+    from zorun.sweep.report import build_report as build
+    from zorun.sweep.time_to_target import Target
     loss_rows = build(root, target=Target.parse("train_loss=0.085")).target_rows  # loss = 1 − accuracy here
     assert {(r.method, r.reached) for r in loss_rows if r.setting.startswith("sampler")} == {
         ("mezo", 2), ("mezo+adalezo", 1)}
@@ -207,7 +207,7 @@ def test_time_to_target_steps_seconds_and_speedup_over_the_base_estimator(tmp_pa
 
 def test_speedup_compares_a_sampler_with_the_base_run_of_the_same_setting(tmp_path):
     """An lr grid: each adalezo setting is measured against uniform at the same lr, not any uniform row."""
-    from zorun.time_to_target import Target
+    from zorun.sweep.time_to_target import Target
 
     root = tmp_path / "grid"
     seconds = {("uniform", 1e-3): 2.0, ("uniform", 1e-4): 8.0, ("adalezo", 1e-3): 1.0, ("adalezo", 1e-4): 2.0}

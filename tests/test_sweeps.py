@@ -16,7 +16,8 @@ from omegaconf import open_dict
 
 from zorun.cli import CONF_DIR, job_overrides, preflight
 from zorun.config import ConfigError
-from zorun.multirun import safe_dirname, sweeps_dir
+from zorun.identity import safe_dirname
+from zorun.sweep.multirun import sweeps_dir
 from zorun.samplers.pertnn_io import PertNNCheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,7 +247,8 @@ def hydra_job():
 
 
 def test_resume_is_keyed_on_the_config_hash_and_force_reruns(tmp_path, hydra_job):
-    from zorun.multirun import config_hash, skip_if_completed
+    from zorun.identity import config_hash
+    from zorun.sweep.multirun import skip_if_completed
 
     done = hydra_job(tmp_path, "old-name", ["seed=3"])
     (tmp_path / "old-name").mkdir()

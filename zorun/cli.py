@@ -25,10 +25,10 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from zorun.errors import ZorunError
-from zorun.multirun import sweeps_dir
 from zorun.preflight import (CONF_DIR, Source, check_command, check_composable, check_job, check_known_keys,
                              job_overrides, preflight)
 from zorun.resume import Snapshot, check_run_dir, expand_resume, lock_run_dir, unlock_run_dir
+from zorun.sweep.multirun import sweeps_dir
 
 __all__ = ["CONF_DIR", "check_known_keys", "job_overrides", "main", "one_line", "preflight", "run_app"]
 
@@ -146,7 +146,7 @@ def _app(cfg: DictConfig) -> float:
     """One job: its lock, its config checked as it runs, the run; returns the number a sweeper optimises."""
     from hydra.core.hydra_config import HydraConfig
 
-    from zorun.multirun import record_if_incompatible, skip_if_completed
+    from zorun.sweep.multirun import record_if_incompatible, skip_if_completed
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     locked = False  # a multirun job takes its lock here; a single run's pre-flight holds it already

@@ -24,10 +24,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from zorun.config import ConfigError, RootConfig, register_configs, validate, validate_metatrain
-from zorun.multirun import incompatibility, override_root, register_sweeps
+from zorun.identity import override_root
 from zorun.safety import (check_kernels, check_model_dir, check_names, check_searchpath_overrides, check_targets,
                           check_values)
 from zorun.paths import CONF_DIR
+from zorun.sweep.multirun import incompatibility, register_sweeps
 from zorun.tracking.console import preflight_progress
 from zorun.tracking.files import check_writable
 

@@ -41,7 +41,7 @@ def resume_dir(overrides: List[str]) -> str | None:
 
 def expand_resume(overrides: List[str], multirun: bool) -> List[str]:
     """The overrides that relaunch RUN_DIR, or `overrides` unchanged without resume=."""
-    from zorun.multirun import override_root
+    from zorun.identity import override_root
 
     run_dir = resume_dir(overrides)
     if run_dir is None:
@@ -72,7 +72,7 @@ def expand_resume(overrides: List[str], multirun: bool) -> List[str]:
 # ------------------------------------------------------------------ config
 def comparable_config(cfg: DictConfig) -> Dict[str, Any]:
     """What a resume must not change: the config except logging and the budget (batch_size stays)."""
-    from zorun.multirun import identity
+    from zorun.identity import identity
 
     ident = identity(cfg, drop=("resume",))
     ident["budget"] = {"batch_size": ident["budget"]["batch_size"]}
@@ -110,7 +110,7 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     config compared; a completed run without a checkpoint is not overwritten
     by another config."""
     from zorun.checkpoint import Checkpoints
-    from zorun.multirun import config_hash
+    from zorun.identity import config_hash
 
     latest = Checkpoints(run_dir / "checkpoints", keep=1).latest()
     if latest is None:

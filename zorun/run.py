@@ -28,7 +28,7 @@ from zorun.distributed import DataParallel
 from zorun.errors import ZorunError
 from zorun.estimators.schedule import LRSchedule
 from zorun.memory import peak_bytes, peaks, reset_peaks
-from zorun.multirun import config_hash
+from zorun.identity import config_hash
 from zorun.models import load_model, load_tokenizer
 from zorun.export import MODEL_DIR, save_model
 from zorun.models.adapters import save_adapter

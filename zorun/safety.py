@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from zorun.errors import ConfigError
 
 # Everything a zorun config may instantiate, by exact dotted name.
-CALLBACKS = frozenset({"zorun.multirun.MultirunCallback"})
+CALLBACKS = frozenset({"zorun.sweep.multirun.MultirunCallback"})
 LAUNCHERS = frozenset({
     "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
     "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
@@ -128,7 +128,7 @@ def check_targets(cfg: DictConfig) -> None:
         if not isinstance(node, DictConfig) or set(node.keys()) != {"_target_"}:
             raise _refuse(f"hydra.callbacks.{name}", node._value() if not isinstance(node, DictConfig) else
                           OmegaConf.to_yaml(node).strip().replace("\n", ", "),
-                          "a callback is {_target_: zorun.multirun.MultirunCallback} and nothing else; remove it")
+                          "a callback is {_target_: zorun.sweep.multirun.MultirunCallback} and nothing else; remove it")
     for entry in OmegaConf.select(cfg, "hydra.searchpath", default=None) or []:
         check_searchpath(str(entry))
 

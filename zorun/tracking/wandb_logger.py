@@ -8,6 +8,8 @@ start online (no network, bad key) the run logs offline instead, and if it
 cannot log at all the run goes on without it. Either way the user gets one
 warning, not a traceback. At start one line says where the run went: its URL,
 or its offline directory and the `wandb sync` command that uploads it.
+``wandb`` itself is imported where it is used: it takes seconds to load, and
+only logger=wandb needs it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlparse
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+
+from zorun.identity import config_hash, method_label, safe_dirname
 
 log = logging.getLogger(__name__)
 
@@ -193,17 +199,28 @@ def console_line(run: Any) -> str:
     return f"W&B online: run {run.name}{group}: {run.url}"
 
 
+def sweep_name(hydra_cfg: Any) -> str:
+    """The sweep file's name for `+sweep=NAME` launches, else the sweep directory's name."""
+    choice = hydra_cfg.runtime.choices.get("sweep")
+    return choice or Path(str(hydra_cfg.sweep.dir)).name
+
+
+def sweep_group(hydra_cfg: Any, launched: str) -> str:
+    """The W&B group of one launch: '<sweep name>-<launch time>' for +sweep=NAME, else the ad-hoc sweep
+    directory's date and time with its unique suffix ('2026-12-01_06-26-36-3f9a1c')."""
+    choice = hydra_cfg.runtime.choices.get("sweep")
+    if choice:
+        return f"{choice}-{launched}"
+    path = Path(str(hydra_cfg.sweep.dir))
+    return f"{path.parent.name}_{path.name}"
+
+
 def job_group(cfg: DictConfig) -> Optional[str]:
-    """logger.group, else the launch's group inside a multirun (:func:`zorun.multirun.sweep_group`), else None."""
+    """logger.group, else the launch's group inside a multirun (:func:`sweep_group`), else None."""
     if cfg.logger.group:
         return str(cfg.logger.group)
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    from zorun.multirun import sweep_group
-
     return sweep_group(HydraConfig.get(), cfg.logger.launched)
 
 
@@ -211,8 +228,6 @@ def start_run_logger(cfg: DictConfig, out_dir: Path) -> WandbLogger:
     """The W&B run of one zorun job (logger=wandb), or an inactive logger (logger=none)."""
     if cfg.logger.name != "wandb":
         return WandbLogger()
-    from zorun.multirun import config_hash, method_label
-
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     resolved["config_hash"] = config_hash(cfg)
     tags = [cfg.model.name, cfg.task.name, cfg.estimator.name, cfg.sampler.name, *cfg.logger.tags]
@@ -225,8 +240,6 @@ def log_report(config: DictConfig, report: Any) -> None:
     """At the end of a multirun, one run in the sweep's group (job_type=report): every job and the results as
     wandb.Tables, the report's plots as wandb.Images, and its files (tables, CSV, plots, report.html) as the
     artifact `report-<sweep>`."""
-    from zorun.multirun import safe_dirname, sweep_group, sweep_name
-
     sweep = sweep_name(config.hydra)
     group = str(config.logger.group) if config.logger.group else sweep_group(config.hydra, config.logger.launched)
     logger = WandbLogger.start(config.logger, report.out_dir, config={"sweep": sweep, "sweep_dir": str(report.root)},

@@ -16,17 +16,16 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
+import plotly.colors
 import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from zorun.plots import mean_curve, read_records
-
-if TYPE_CHECKING:
-    from zorun.report import Report
+from zorun.sweep.results import Results, read_records
+from zorun.sweep.time_to_target import COLUMNS
 
 NAME = "report.html"
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
@@ -84,7 +83,7 @@ def _figure(fig: go.Figure) -> str:
 
 
 # ----------------------------------------------------------------- sections
-def results_table(report: Report) -> str:
+def results_table(report: Results) -> str:
     """One row per model x task x method: the dev-selected setting's test metric, n seeds, dev, the setting."""
     rows = []
     for (model, task), row in report.cells.items():
@@ -103,16 +102,16 @@ def results_table(report: Report) -> str:
     return _table(columns, rows, "results")
 
 
-def jobs_table(report: Report) -> str:
+def jobs_table(report: Results) -> str:
     columns, rows = report.job_rows()
     return _table(columns, [[_cell(v) for v in row] for row in rows], "jobs")
 
 
-def loss_figure(report: Report, key) -> Optional[go.Figure]:
+def loss_figure(report: Results, key) -> Optional[go.Figure]:
     """Train loss against step and against wall-clock seconds; one legend entry per method toggles both."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("train loss vs step", "train loss vs wall-clock (s)"))
     for i, method in enumerate(report.methods):
-        curve = mean_curve(report, key, method)
+        curve = report.mean_curve(key, method)
         if curve is None:
             continue
         runs, steps, loss, wall = curve
@@ -138,20 +137,15 @@ def loss_figure(report: Report, key) -> Optional[go.Figure]:
 
 
 def _colour(i: int) -> str:
-    import plotly.colors
-
     palette = plotly.colors.qualitative.Dark24
     return palette[i % len(palette)]
 
 
-def time_figure(report: Report) -> Optional[go.Figure]:
+def time_figure(report: Results) -> Optional[go.Figure]:
     """Mean seconds per job in each timing phase, stacked, one bar per method."""
-    from zorun.timing import PHASES
+    from zorun.timing import PHASES  # zorun.timing loads torch: only when a report is drawn
 
-    by_method: Dict[str, List[Dict[str, float]]] = {}
-    for job in report.jobs:
-        if job.summary and job.summary.get("time_s"):
-            by_method.setdefault(job.method, []).append(job.summary["time_s"])
+    by_method = report.phase_times()
     if not by_method:
         return None
     methods = sorted(by_method, reverse=True)
@@ -162,7 +156,7 @@ def time_figure(report: Report) -> Optional[go.Figure]:
     return fig
 
 
-def _job_name(report: Report, job_dir: Path) -> str:
+def _job_name(report: Results, job_dir: Path) -> str:
     return job_dir.relative_to(report.root).as_posix()
 
 
@@ -175,9 +169,9 @@ def _selector(fig: go.Figure, labels: List[str], traces_per_item: int = 1) -> No
         for i, label in enumerate(labels)]}])
 
 
-def adalezo_figure(report: Report) -> Optional[go.Figure]:
+def adalezo_figure(report: Results) -> Optional[go.Figure]:
     """AdaLeZO's layer probabilities (step x layer) per job, one job at a time."""
-    from zorun.samplers.adalezo import read_probabilities
+    from zorun.samplers.adalezo import read_probabilities  # the sampler's module loads torch
 
     labels, fig = [], go.Figure()
     for job in report.jobs:
@@ -196,7 +190,7 @@ def adalezo_figure(report: Report) -> Optional[go.Figure]:
     return fig
 
 
-def ldsd_figure(report: Report) -> Optional[go.Figure]:
+def ldsd_figure(report: Results) -> Optional[go.Figure]:
     """LDSD's learned mean: ‖μ‖ per logged step, and cos(μ, −∇L) where sampler.cosine_every measured it."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("‖μ‖", "cos(μ, −∇L)"))
     for i, job in enumerate(j for j in report.jobs if j.config.sampler.name == "ldsd"):
@@ -218,7 +212,7 @@ def ldsd_figure(report: Report) -> Optional[go.Figure]:
     return fig
 
 
-def pertnn_figure(report: Report) -> Optional[go.Figure]:
+def pertnn_figure(report: Results) -> Optional[go.Figure]:
     """PertNN's effective per-block scales s_b = f·σ_b over the logged steps, per job (pertnn.jsonl)."""
     labels, fig = [], go.Figure()
     for job in report.jobs:
@@ -241,9 +235,7 @@ def pertnn_figure(report: Report) -> Optional[go.Figure]:
     return fig
 
 
-def target_table(report: Report) -> str:
-    from zorun.time_to_target import COLUMNS
-
+def target_table(report: Results) -> str:
     labels = ("model", "task", "method", "setting")
     rows = [[_cell(text) if column in labels else _cell(_maybe_number(text), text)
              for column, text in zip(COLUMNS, row.cells())] for row in report.target_rows]
@@ -260,7 +252,7 @@ def _maybe_number(text: str) -> Optional[float]:
 
 
 # ---------------------------------------------------------------------- page
-def render(report: Report) -> str:
+def render(report: Results) -> str:
     sections: List[str] = []
     completed = sum(job.status == "completed" for job in report.jobs)
     title = f"zorun report: {report.root}" + (f" · sweep {report.sweep}" if report.sweep is not None else "")
@@ -297,7 +289,7 @@ def render(report: Report) -> str:
             + f"\n<script>{SORT_SCRIPT}</script>\n</body></html>\n")
 
 
-def write_dashboard(report: Report) -> Path:
+def write_dashboard(report: Results) -> Path:
     path = report.out_dir / NAME
     path.write_text(render(report), encoding="utf-8")
     return path

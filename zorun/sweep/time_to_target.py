@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from zorun.errors import ZorunError
-from zorun.multirun import override_root
+from zorun.identity import override_root
 
 TRAIN_LOSS = "train_loss"
 

@@ -17,32 +17,32 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
 import secrets
+import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import zorun.config  # noqa: F401  registers the zorun.* resolvers that the model presets (and saved run configs) use
+from zorun.errors import ConfigError
+from zorun.identity import NOT_IDENTITY, SWEEP_RECORD, config_hash, override_root, safe_dirname
+from zorun.paths import PACKAGE
+from zorun.tracking import write_json_atomic
+from zorun.tracking.wandb_logger import log_report
 
 log = logging.getLogger(__name__)
-
-# Keys that change how a run is logged, not what it computes: not part of its identity.
-NOT_IDENTITY = ("hydra", "logger", "force", "skip_incompatible", "resume", "optimized_metric")
-MAX_DIRNAME = 200  # bytes; most file systems allow 255
-SWEEP_RECORD = "sweep.json"  # in each job directory of a multirun: the launch command it belongs to
 
 
 def sweeps_dir() -> Path:
     """sweeps/ inside the installed package (wheel), else the repository's top-level sweeps/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "sweeps", here.parent / "sweeps"):
+    for candidate in (PACKAGE / "sweeps", PACKAGE.parent / "sweeps"):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("zorun's sweeps directory is missing from the installation")
@@ -55,36 +55,11 @@ def register_sweeps() -> None:
         cs.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
-def safe_dirname(text: str) -> str:
-    """Hydra's override_dirname with '/' and other unsafe characters replaced, and bounded length."""
-    name = re.sub(r"[^A-Za-z0-9._=,+@\-\[\]]", "_", text) or "default"
-    if len(name.encode()) > MAX_DIRNAME:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
-        name = name[: MAX_DIRNAME - 12] + "~" + digest
-    return name
-
-
 if not OmegaConf.has_resolver("zorun.dirname"):
     OmegaConf.register_new_resolver("zorun.dirname", safe_dirname)
 if not OmegaConf.has_resolver("zorun.launch_id"):
     # Cached, and Hydra copies the sweep config's cache into every job: one value per launch.
     OmegaConf.register_new_resolver("zorun.launch_id", lambda: secrets.token_hex(3), use_cache=True)
-
-
-def override_root(override: str) -> str:
-    """The top-level key an override line sets: `+estimator.lr=1e-6` -> estimator, `hydra/launcher=x` -> hydra."""
-    return re.split(r"[./=]", override.lstrip("+~"), maxsplit=1)[0]
-
-
-def identity(cfg: DictConfig, drop: tuple = ()) -> Dict[str, Any]:
-    """The resolved config without the keys that do not change results (and `drop`)."""
-    keep = [key for key in cfg.keys() if key not in NOT_IDENTITY + tuple(drop)]
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keep), resolve=True, enum_to_str=True)
-
-
-def config_hash(cfg: DictConfig, drop: tuple = ()) -> str:
-    text = json.dumps(identity(cfg, drop), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def find_completed(sweep_dir: Path, digest: str) -> Optional[Path]:
@@ -101,9 +76,6 @@ def find_completed(sweep_dir: Path, digest: str) -> Optional[Path]:
 
 def _multirun_job() -> Any:
     """Hydra's config of the running job when it is part of a multirun, else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     return HydraConfig.get()
@@ -111,8 +83,7 @@ def _multirun_job() -> Any:
 
 def incompatibility(cfg: DictConfig) -> Optional[str]:
     """Why this job's sampler/estimator combination is refused, or None when it can run."""
-    from zorun.config import ConfigError
-    from zorun.registry import check_combination
+    from zorun.registry import check_combination  # every method's module, so torch: only when a job asks
 
     try:
         check_combination(cfg)
@@ -134,8 +105,6 @@ def record_if_incompatible(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     reason = incompatibility(cfg)
     if reason is None:
         return None
-    from zorun.tracking import write_json_atomic
-
     summary = {"status": "incompatible", "error": reason, "model": cfg.model.name, "task": cfg.task.name,
                "estimator": cfg.estimator.name, "sampler": cfg.sampler.name, "seed": int(cfg.seed),
                "config_hash": config_hash(cfg)}
@@ -162,48 +131,15 @@ def skip_if_completed(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     found = None if cfg.force else find_completed(Path(str(hydra_cfg.sweep.dir)), config_hash(cfg))
     if found is None:
         if cfg.force:  # start over: the attempt's checkpoints and per-step logs go
-            import shutil
-
             shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
             for path in out_dir.glob("*.jsonl"):
                 path.unlink()
         return None
     if found.parent.resolve() != out_dir.resolve():
-        from zorun.tracking import write_json_atomic
-
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out_dir / "skipped.json", {"reason": "completed with the same config", "summary": str(found)})
     log.info("skipped: completed with the same config in %s (force=true re-runs it)", found.parent)
     return json.loads(found.read_text())
-
-
-def method_label(cfg: Mapping[str, Any]) -> str:
-    """The column a job belongs to in a paper table: zero-shot, icl, or estimator[-peft][+sampler]."""
-    task, model = cfg["task"], cfg["model"]
-    if cfg["budget"]["steps"] == 0:
-        return "icl" if task.get("icl_demos") else "zero-shot"
-    label = cfg["estimator"]["name"]
-    peft = model.get("peft")
-    if isinstance(peft, str) and peft != "none":
-        label += f"-{peft}"
-    sampler = cfg["sampler"]["name"]
-    return label if sampler == "uniform" else f"{label}+{sampler}"
-
-
-def sweep_name(hydra_cfg: Any) -> str:
-    """The sweep file's name for `+sweep=NAME` launches, else the sweep directory's name."""
-    choice = hydra_cfg.runtime.choices.get("sweep")
-    return choice or Path(str(hydra_cfg.sweep.dir)).name
-
-
-def sweep_group(hydra_cfg: Any, launched: str) -> str:
-    """The W&B group of one launch: '<sweep name>-<launch time>' for +sweep=NAME, else the ad-hoc sweep
-    directory's date and time with its unique suffix ('2026-12-01_06-26-36-3f9a1c')."""
-    choice = hydra_cfg.runtime.choices.get("sweep")
-    if choice:
-        return f"{choice}-{launched}"
-    path = Path(str(hydra_cfg.sweep.dir))
-    return f"{path.parent.name}_{path.name}"
 
 
 def launch_grid(config: DictConfig) -> List[str]:
@@ -226,14 +162,11 @@ class MultirunCallback(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self.grid is None:
             return
-        from zorun.tracking import write_json_atomic
-
         out_dir = Path(str(config.hydra.runtime.output_dir))
         write_json_atomic(out_dir / SWEEP_RECORD, {"grid": self.grid})
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from zorun.report import build_reports
-        from zorun.tracking.wandb_logger import log_report
+        from zorun.sweep.report import build_reports  # plotly, matplotlib: loaded when a multirun ends
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:

@@ -1,34 +1,22 @@
-"""The sweep report's records and PNG plots: each job's metrics.jsonl, the mean loss curve of a cell's setting,
-loss against step and seconds, the time breakdown and AdaLeZO's layer heat maps (matplotlib, for report.md and
-W&B images; report.html draws the same data with plotly, :mod:`zorun.dashboard`)."""
+"""The sweep report's PNG plots: loss against step and seconds, the time breakdown and each sampler's own figure
+(AdaLeZO's layer heat maps), drawn with matplotlib for report.md and W&B images; report.html draws the same data
+with plotly (:mod:`zorun.sweep.dashboard`).
+
+matplotlib is imported in the functions: :func:`plot_all` selects the file-only Agg backend before pyplot loads,
+and importing the report changes no one's backend. zorun.timing and the sampler registry load torch, which the
+report needs only for these names, so they too are imported where used.
+"""
 
 from __future__ import annotations
 
-import json
 import statistics
-from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-if TYPE_CHECKING:
-    from zorun.report import Job, Report
-
-
-def read_records(job_dir: Path) -> List[Dict[str, Any]]:
-    """Every metrics.jsonl record of a job, in order (train-loss, dev and event records)."""
-    path = job_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from zorun.sweep.results import Results
 
 
-def read_metrics(job_dir: Path) -> List[Dict[str, Any]]:
-    """The train-loss records of a job."""
-    return [r for r in read_records(job_dir) if r.get("loss") is not None]
-
-
-# --------------------------------------------------------------------- plots
-def plot_all(report: Report) -> List[Path]:
+def plot_all(report: Results) -> List[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -36,12 +24,6 @@ def plot_all(report: Report) -> List[Path]:
     plots.append(plot_time_breakdown(report))
     plots += plot_sampler_logs(report)
     return [p for p in plots if p is not None]
-
-
-def _selected_jobs(report: Report, key: Tuple[str, str], method: str) -> List[Job]:
-    cell = report.cells[key][method]
-    return [j for j in report.jobs if j.key == key and j.method == method and j.status == "completed"
-            and j.setting == cell.setting]
 
 
 def _line_styles(methods: Sequence[str]) -> Dict[str, Dict[str, Any]]:
@@ -58,22 +40,7 @@ def _line_styles(methods: Sequence[str]) -> Dict[str, Dict[str, Any]]:
             for m, (base, sampler) in parts.items()}
 
 
-def mean_curve(report: Report, key: Tuple[str, str], method: str
-               ) -> Optional[Tuple[int, List[int], List[float], List[float]]]:
-    """(runs, steps, train loss, wall_s) of the method's dev-selected setting, averaged over its seeds point by
-    point up to the shortest run; None when the cell is empty or no run logged a loss."""
-    if method not in report.cells[key]:
-        return None
-    runs = [r for r in (read_metrics(j.dir) for j in _selected_jobs(report, key, method)) if r]
-    if not runs:
-        return None
-    n = min(len(r) for r in runs)
-    return (len(runs), [runs[0][i]["step"] for i in range(n)],
-            [statistics.fmean(r[i]["loss"] for r in runs) for i in range(n)],
-            [statistics.fmean(r[i]["wall_s"] for r in runs) for i in range(n)])
-
-
-def plot_losses(report: Report, key: Tuple[str, str]) -> Optional[Path]:
+def plot_losses(report: Results, key: Tuple[str, str]) -> Optional[Path]:
     """Train loss against step and against wall-clock, one line per method (mean over seeds)."""
     import matplotlib.pyplot as plt
 
@@ -81,7 +48,7 @@ def plot_losses(report: Report, key: Tuple[str, str]) -> Optional[Path]:
     styles = _line_styles(report.methods)
     drawn = []
     for method in report.methods:
-        curve = mean_curve(report, key, method)
+        curve = report.mean_curve(key, method)
         if curve is None:
             continue
         runs, steps, loss, wall = curve
@@ -109,16 +76,13 @@ def plot_losses(report: Report, key: Tuple[str, str]) -> Optional[Path]:
     return path
 
 
-def plot_time_breakdown(report: Report) -> Optional[Path]:
+def plot_time_breakdown(report: Results) -> Optional[Path]:
     """Mean seconds per job in each timing phase, stacked, one bar per method."""
     import matplotlib.pyplot as plt
 
     from zorun.timing import PHASES
 
-    by_method: Dict[str, List[Dict[str, float]]] = defaultdict(list)
-    for job in report.jobs:
-        if job.summary and job.summary.get("time_s"):
-            by_method[job.method].append(job.summary["time_s"])
+    by_method = report.phase_times()
     if not by_method:
         return None
     methods = sorted(by_method, reverse=True)  # horizontal bars, read top-down in name order
@@ -138,7 +102,7 @@ def plot_time_breakdown(report: Report) -> Optional[Path]:
     return path
 
 
-def plot_sampler_logs(report: Report) -> List[Path]:
+def plot_sampler_logs(report: Results) -> List[Path]:
     """Each sampler's own figure (Sampler.plot_log: AdaLeZO's layer heat map) for every job that wrote its log."""
     from zorun.registry import SAMPLERS
 
