@@ -14,7 +14,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from zorun.cli import CONF_DIR, job_overrides, preflight
+from zorun.paths import CONF_DIR
+from zorun.preflight import job_overrides, preflight
 from zorun.config import ConfigError
 from zorun.multirun import safe_dirname, sweeps_dir
 from zorun.samplers.pertnn_io import PertNNCheckpointError
