@@ -8,7 +8,7 @@ import math
 import pytest
 from conftest import run_cli
 
-from zorun.cli import preflight
+from zorun.preflight import preflight
 from zorun.config import ConfigError
 from zorun.sweep.report import build_report
 

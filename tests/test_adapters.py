@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from peft import PeftModel
 
 from conftest import read_summary
-from zorun.cli import CONF_DIR
+from zorun.paths import CONF_DIR
 from zorun.models import load_model
 from zorun.models.adapters import ADAPTER_DIR
 from zorun.params import ParamSpace
@@ -81,11 +81,11 @@ def test_only_adapter_parameters_change(kind, sampler, tmp_path):
                                            "logger=none", "estimator.lr=1e-2", "budget.checkpoint_every=0"])
     run = Run(cfg, str(tmp_path))
     run.setup()
-    before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in run.stack.model.named_parameters()}
     run.train()
     run.cleanup()
-    changed = {n for n, p in run.model.named_parameters() if not torch.equal(p, before[n])}
-    adapters = {n for n, p in run.model.named_parameters() if p.requires_grad}
+    changed = {n for n, p in run.stack.model.named_parameters() if not torch.equal(p, before[n])}
+    adapters = {n for n, p in run.stack.model.named_parameters() if p.requires_grad}
     assert changed and changed <= adapters, changed - adapters
     assert len(adapters) < len(before)
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-from zorun.cli import CONF_DIR
+from zorun.paths import CONF_DIR
 from zorun.config import validate
 from zorun.errors import ZorunError
 from zorun.run import Run

@@ -17,15 +17,17 @@ from safetensors.torch import load_file
 
 from conftest import tiny_llama
 from test_resume import ADAM_ADALEZO, compose_cfg, run_here
-from zorun import cli as zcli
 from zorun import checkpoint, kernels
+from zorun.commands import cli as zcli
 from zorun.checkpoint import (PARAMS, STATE, SUMS, Checkpoint, CheckpointError, Checkpoints, NonFiniteError,
                               join_tensors, rng_state, set_rng_state, split_tensors)
 from zorun.errors import ZorunError
 from zorun.params import ParamSpace
 from zorun.plan import Plan
+from zorun.preflight import preflight
 from zorun.replay import run_replay
 from zorun.run import Run
+from zorun.stack import Stack
 from zorun.tracking.files import check_writable
 from zorun.trajectory import ReplayError
 
@@ -155,10 +157,9 @@ def test_truncated_or_corrupted_checkpoint_is_one_line(saved_run):
     assert "params.safetensors is" in one_line_error(err) and "truncated" in str(err.value)
 
     params.write_bytes(b"\xff" * 8 + data[8:])  # the right size, a garbage header length
-    run = Run(compose_cfg(), str(run_dir))
-    run.build_model()
+    space = Stack.build(compose_cfg()).space
     with pytest.raises(CheckpointError) as err:
-        Checkpoint.open(path).load_params(run.space)
+        Checkpoint.open(path).load_params(space)
     assert PARAMS in one_line_error(err)
 
     (path / "state.json").write_text('{"format": 1, "step": 2, "mod')
@@ -186,7 +187,7 @@ def test_injected_target_is_refused_at_preflight(capsys, tmp_path):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("zorun: error: refusing "), err
     assert not list(tmp_path.iterdir())
-    assert zcli.preflight(["hydra/launcher=submitit_slurm"], multirun=True) == 1  # a plugin launcher is fine
+    assert preflight(["hydra/launcher=submitit_slurm"], multirun=True) == 1  # a plugin launcher is fine
 
 
 def read_only_dir(tmp_path: Path) -> Path:
@@ -233,13 +234,13 @@ def test_trust_remote_code_is_off_unless_set(monkeypatch, tmp_path):
 def nan_at(steps):
     """Hook: the loss oracle returns NaN on the given steps (a forced non-finite loss)."""
     def hook(run: Run) -> None:
-        make_loss = run.make_loss
+        make_loss = run.data.make_loss
 
         def patched(batch, **kwargs):
             fn = make_loss(batch, **kwargs)
             return (lambda: float("nan")) if run.step in steps else fn
 
-        run.make_loss = patched
+        run.data.make_loss = patched
     return hook
 
 
@@ -253,7 +254,7 @@ def test_a_skipped_step_restores_parameters_bit_for_bit(tmp_path, every):
         inner = run.train_step
 
         def train_step(*args):
-            snapshots.setdefault(run.step, run.space.snapshot())
+            snapshots.setdefault(run.step, run.stack.space.snapshot())
             return inner(*args)
 
         run.train_step = train_step
@@ -266,10 +267,10 @@ def test_a_skipped_step_restores_parameters_bit_for_bit(tmp_path, every):
     assert events == [{"step": 6, "nonfinite": [None, None], "action": "skip", "wall_s": events[0]["wall_s"]}]
 
     # the naive undo of the same probe (θ + εz − 2εz + εz) is not exact: what the replay avoids
-    space = run.space
+    space = run.stack.space
     for block, saved in zip(space.blocks, snapshots[5]):
         block.tensor.data.copy_(saved)
-    plan = Plan(seed=run.sampler.step_seed(5), blocks=space.all_blocks())
+    plan = Plan(seed=run.stack.sampler.step_seed(5), blocks=space.all_blocks())
     eps = run.cfg.estimator.eps
     kernels.perturb_(space, plan, eps)
     kernels.perturb_(space, plan, -2 * eps)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zorun import cli as zcli
+from zorun.commands import cli as zcli
 from zorun.errors import ZorunError
 from zorun.tasks.local import read_jsonl
 

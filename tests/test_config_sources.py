@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zorun import cli as zcli
+from zorun.commands import cli as zcli
 
 from conftest import read_summary, run_cli
 

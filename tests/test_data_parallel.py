@@ -21,10 +21,11 @@ import torch
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 
-from zorun.cli import CONF_DIR, data_parallel_argv
-from zorun.distributed import DataParallel
+from zorun.commands.cli import data_parallel_argv
 from zorun.errors import ZorunError
+from zorun.paths import CONF_DIR
 from zorun.run import Run
+from zorun.stack import check_data_parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4
@@ -52,7 +53,7 @@ def compose_cfg(overrides):
 def run_case(name: str, out: Path):
     run = Run(compose_cfg(CASES[name]), str(out / name))
     run.setup()
-    start = [t.clone() for t in run.space.snapshot()]
+    start = [t.clone() for t in run.stack.space.snapshot()]
     run.train()
     summary = run.cleanup()
     return run, start, summary
@@ -65,7 +66,7 @@ def rank_main(rank: int, world: int, port: int, out: Path, results: Path) -> Non
     run = None
     for name in CASES:
         run, _, _ = run_case(name, out)
-        torch.save(run.space.snapshot(), results / f"{name}-rank{rank}.pt")  # the test's file, not the run's
+        torch.save(run.stack.space.snapshot(), results / f"{name}-rank{rank}.pt")  # the test's file, not the run's
     run.dp.close()
 
 
@@ -91,8 +92,8 @@ def test_two_ranks_match_one_process_on_the_full_batch(name, two_ranks, tmp_path
         assert torch.equal(a, b), "every rank applies the identical update"
 
     single, start, summary = run_case(name, tmp_path)
-    moved = max(float((s - e).abs().max()) for s, e in zip(start, single.space.snapshot()))
-    diff = max(float((a - b).abs().max()) for a, b in zip(ranks[0], single.space.snapshot()))
+    moved = max(float((s - e).abs().max()) for s, e in zip(start, single.stack.space.snapshot()))
+    diff = max(float((a - b).abs().max()) for a, b in zip(ranks[0], single.stack.space.snapshot()))
     assert moved > 1e-4, "the run must move the parameters for the comparison to mean anything"
     # Summing weighted slice losses in float64 instead of one fp32 mean (and padding each slice to its own
     # width) changes the losses by ~1e-6 relative, which g = ΔL/(2ε) amplifies to ~1e-3 of g; a rank that
@@ -119,13 +120,13 @@ def test_a_slice_alone_is_not_the_full_batch(tmp_path):
 
     run = Run(compose_cfg(CASES["mezo-uniform-odd"]), str(tmp_path / "half"))
     run.setup()
-    batch, eps = next(run.batches()), 1e-3
-    full, half = run.local_forward(batch)[0], run.local_forward(batch[:3])[0]
-    plan = run.sampler.plan(0)
+    batch, eps = next(run.data.batches()), 1e-3
+    full, half = run.data.local_forward(batch)[0], run.data.local_forward(batch[:3])[0]
+    plan = run.stack.sampler.plan(0)
     with torch.no_grad():
-        kernels.perturb_(run.space, plan, eps)
+        kernels.perturb_(run.stack.space, plan, eps)
         plus = float(full()), float(half())
-        kernels.perturb_(run.space, plan, -2 * eps)
+        kernels.perturb_(run.stack.space, plan, -2 * eps)
         minus = float(full()), float(half())
     g_full, g_half = ((p - m) / (2 * eps) for p, m in zip(plus, minus))
     assert abs(g_half - g_full) > 0.1 * abs(g_full), (g_full, g_half)
@@ -155,10 +156,8 @@ def test_torchrun_cli_rank0_writes_alone(tmp_path):
     (["budget.batch_size=1"], "budget.batch_size=1 is smaller than the 2 ranks"),
 ])
 def test_what_data_parallel_cannot_do_is_refused_in_one_line(overrides, message, tmp_path):
-    run = Run(compose_cfg(overrides), str(tmp_path))
-    run.dp = DataParallel(rank=0, world=2)  # the checks need no process group
     with pytest.raises(ZorunError, match=re.escape(message)) as err:
-        run.check_data_parallel()
+        check_data_parallel(compose_cfg(overrides), world=2)  # the checks need no process group
     assert "\n" not in str(err.value)
 
 

@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 
 from conftest import read_summary
 from zorun import registry
-from zorun.cli import CONF_DIR, preflight
+from zorun.paths import CONF_DIR
+from zorun.preflight import preflight
 from zorun.errors import ConfigError
 from zorun.registry import ESTIMATORS
 from zorun.run import Run
@@ -46,11 +47,11 @@ def test_estimator_lowers_the_training_loss(name, tmp_path):
                       "task.num_dev=8", "task.num_test=8", "logger.progress=false")
     run = Run(cfg, str(tmp_path))
     run.setup()
-    (batch,) = [b for b, _ in zip(run.batches(), range(1))]
+    (batch,) = [b for b, _ in zip(run.data.batches(), range(1))]
 
     def train_loss():
         with torch.no_grad():
-            return run.make_loss(batch)()
+            return run.data.make_loss(batch)()
 
     before = train_loss()
     run.train()

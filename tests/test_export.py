@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
-from zorun.cli import CONF_DIR
-from zorun.export import main as export_main
+from zorun.paths import CONF_DIR
+from zorun.commands.export import main as export_main
 from zorun.run import Run
 
 SMALL = ["logger=none", "logger.progress=false", "task.num_train=32", "task.num_dev=8", "task.num_test=8",
@@ -52,25 +52,25 @@ def load(folder) -> torch.nn.Module:
 def test_a_full_parameter_run_writes_model_and_exports_equal_it(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run = run_to_end(run_dir, "budget.steps=6", "budget.checkpoint_every=3")
-    expected = logits(run.model, run.tokenizer)
+    expected = logits(run.stack.model, run.stack.tokenizer)
     assert (run_dir / "model" / "model.safetensors").is_file() and (run_dir / "model" / "tokenizer.json").is_file()
-    assert torch.equal(logits(load(run_dir / "model"), run.tokenizer), expected)
-    assert not torch.equal(expected, logits(_base_model(), run.tokenizer))  # the steps changed the model
+    assert torch.equal(logits(load(run_dir / "model"), run.stack.tokenizer), expected)
+    assert not torch.equal(expected, logits(_base_model(), run.stack.tokenizer))  # the steps changed the model
 
     export_main([str(run_dir), "--out", str(tmp_path / "from-checkpoint")])  # step 6 has a checkpoint
     assert "step 6 (from checkpoint step-00000006)" in capsys.readouterr().out
-    assert torch.equal(logits(load(tmp_path / "from-checkpoint"), run.tokenizer), expected)
+    assert torch.equal(logits(load(tmp_path / "from-checkpoint"), run.stack.tokenizer), expected)
 
     shutil.rmtree(run_dir / "checkpoints" / "step-00000006")  # the newest checkpoint, then the log's last 3 steps
     export_main([str(run_dir), "--out", str(tmp_path / "from-step-3")])
     assert "replaying 3 steps (3..5) of trajectory.jsonl from checkpoint step 3" in capsys.readouterr().out
-    assert torch.equal(logits(load(tmp_path / "from-step-3"), run.tokenizer), expected)
+    assert torch.equal(logits(load(tmp_path / "from-step-3"), run.stack.tokenizer), expected)
 
     shutil.rmtree(run_dir / "checkpoints")  # the trajectory alone, from the base model
     export_main([str(run_dir)])
     printed = capsys.readouterr().out
     assert "replaying 6 steps (0..5) of trajectory.jsonl from the base model" in printed
-    assert torch.equal(logits(load(run_dir / "export" / "step-6"), run.tokenizer), expected)
+    assert torch.equal(logits(load(run_dir / "export" / "step-6"), run.stack.tokenizer), expected)
 
 
 def _base_model():
@@ -84,7 +84,7 @@ def _base_model():
 def test_export_of_an_earlier_step_and_its_errors(tmp_path, capsys):
     run_dir = tmp_path / "run"
     tokenizer = run_to_end(run_dir, "budget.steps=4", "budget.checkpoint_every=2", "budget.keep_checkpoints=3",
-                           "budget.save_model=false").tokenizer
+                           "budget.save_model=false").stack.tokenizer
     assert not (run_dir / "model").exists()
     export_main([str(run_dir), "--step", "2", "--out", str(tmp_path / "ckpt")])
     shutil.rmtree(run_dir / "checkpoints")
@@ -107,7 +107,7 @@ def test_lora_keeps_its_adapter_and_writes_the_merged_model_on_request(tmp_path)
     merged = load(run_dir / "model")
     assert not any("lora" in name for name, _ in merged.named_parameters())
     # the run's model is the merged one now (the merge comes last): the folder holds it exactly
-    assert torch.equal(logits(merged, run.tokenizer), logits(run.model, run.tokenizer))
+    assert torch.equal(logits(merged, run.stack.tokenizer), logits(run.stack.model, run.stack.tokenizer))
 
 
 def test_save_merged_without_lora_is_refused_in_one_line(cli):

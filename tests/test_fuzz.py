@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from zorun import cli as zcli
+from zorun.commands import cli as zcli
 from zorun.checkpoint import META, PARAMS, STATE, SUMS, Checkpoint, CheckpointError, Checkpoints, rng_state
 from zorun.errors import ZorunError
 from zorun.models import load_model

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 from conftest import read_summary
-from zorun import cli as zcli
+from zorun.commands import cli as zcli
 from zorun.errors import ZorunError
 from zorun.models import gguf, load_model, load_tokenizer
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zorun import cli as zcli
+from zorun.commands import cli as zcli
 from zorun.checkpoint import PARAMS, SUMS, Checkpoints
 from zorun.norm_guard import NormGuard
 from zorun.params import ParamSpace
@@ -68,7 +68,7 @@ def run_dir(finished, tmp_path) -> Path:
 # ---------------------------------------------------------- 1. injection
 INJECTIONS = [
     ["+hydra.callbacks.x._target_=zorun.checkpoint.Path.unlink", "+hydra.callbacks.x._args_=[{victim}]"],
-    ["+hydra.callbacks.x._target_=zorun.cli.os.system", "+hydra.callbacks.x._args_=['rm {victim}']"],
+    ["+hydra.callbacks.x._target_=zorun.commands.cli.os.system", "+hydra.callbacks.x._args_=['rm {victim}']"],
     ["hydra.callbacks.report._target_=zorun.resume.os.remove", "+hydra.callbacks.report._args_=[{victim}]"],
     ["+hydra.callbacks.report._args_=[{victim}]"],  # an allowed class, called differently
     ["+hydra.callbacks.x._target_=os.system"],
@@ -76,8 +76,8 @@ INJECTIONS = [
     ["+task.options.x._target_=builtins.exec"],
     ["hydra.sweeper._target_=zorun.checkpoint.shutil.rmtree"],
     ["hydra.launcher._target_=subprocess.Popen"],
-    ["+hydra.sweeper.custom_search_space=zorun.cli.os.system"],
-    ["+hydra.job_logging.handlers.x.class=zorun.cli.os.system"],
+    ["+hydra.sweeper.custom_search_space=zorun.commands.cli.os.system"],
+    ["+hydra.job_logging.handlers.x.class=zorun.commands.cli.os.system"],
     ["hydra.job_logging.handlers.console.class=subprocess.Popen"],
     ["hydra.job_logging.handlers.console.stream=ext://os.system"],
     ["hydra.job_logging.handlers.file.filename={victim}"],
@@ -121,14 +121,14 @@ def test_config_dir_files_are_checked_as_hydra_reads_them(tmp_path, capsys):
     (user / "model" / "evil.yaml").write_text("defaults:\n  - tiny\n  - _self_\n"
                                               "arch:\n  init:\n    _target_: builtins.exec\n")
     (user / "hydra" / "job_logging" / "evil.yaml").write_text(
-        "version: 1\nhandlers:\n  x:\n    class: zorun.cli.os.system\nroot:\n  handlers: [x]\n")
+        "version: 1\nhandlers:\n  x:\n    class: zorun.commands.cli.os.system\nroot:\n  handlers: [x]\n")
     (user / "hydra" / "job_logging" / "factory.yaml").write_text(
         "version: 1\nformatters:\n  x:\n    (): zorun.checkpoint.Path.unlink\n    path: victim\n")
     out = f"hydra.run.dir={tmp_path / 'out'}"
     assert "refusing hydra.callbacks.x" in refused(["--config-dir", str(user), "--config-name", "mine", out], capsys)
     assert "refusing model.arch.init._target_" in refused(["--config-dir", str(user), "model=evil", out], capsys)
     line = refused(["--config-dir", str(user), "hydra/job_logging=evil", out], capsys)
-    assert "refusing hydra.job_logging.handlers.x.class=zorun.cli.os.system" in line
+    assert "refusing hydra.job_logging.handlers.x.class=zorun.commands.cli.os.system" in line
     line = refused(["--config-dir", str(user), "hydra/job_logging=factory", out], capsys)
     assert "refusing hydra.job_logging.formatters.x.()=zorun.checkpoint.Path.unlink" in line
     assert victim.read_text() == "still here" and not (tmp_path / "out").exists()

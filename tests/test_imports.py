@@ -16,14 +16,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "zorun"
 
-# Cycles that remain until the run is split (cli/run/replay/memory/metatrain/export import each other
-# through Run and the CLI's app). A cycle found must lie inside one of these; any other, or one that
-# grows past them, fails. Remove an entry when its cycle is broken.
-KNOWN_CYCLES: List[FrozenSet[str]] = [
-    frozenset({"zorun.cli", "zorun.export", "zorun.memory", "zorun.metatrain", "zorun.replay", "zorun.run"}),
-]
-
-
 def module_names() -> Dict[str, Path]:
     """Dotted name -> file, for every module of the package (a package is its __init__)."""
     names = {}
@@ -111,9 +103,9 @@ def test_every_module_imports(name):
     importlib.import_module(name)
 
 
-def test_no_import_cycle_beyond_the_known_ones():
-    new = [sorted(c) for c in cycles(import_graph()) if not any(c <= known for known in KNOWN_CYCLES)]
-    assert not new, f"modules that import each other (directly or through others): {new}"
+def test_no_import_cycle():
+    found = [sorted(c) for c in cycles(import_graph())]
+    assert not found, f"modules that import each other (directly or through others): {found}"
 
 
 def test_the_cycle_finder_finds_cycles_through_function_imports():

@@ -25,7 +25,7 @@ def test_wheel_ships_configs_and_runs_outside_the_repo(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
-    probe = subprocess.run([sys.executable, "-c", "import zorun.cli as c; print(c.CONF_DIR)"],
+    probe = subprocess.run([sys.executable, "-c", "import zorun.commands.cli as c; print(c.CONF_DIR)"],
                            cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == str(target / "zorun" / "conf")
     cfg = subprocess.run([sys.executable, "-m", "zorun", "--cfg", "job", "model=opt-30b", "sampler=uniform"],

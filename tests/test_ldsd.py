@@ -214,7 +214,7 @@ def test_a_skipped_ldsd_step_restores_theta_and_mu_bit_for_bit(tmp_path, every):
         inner = run.train_step
 
         def train_step(*args):
-            snapshots.setdefault(run.step, (run.space.snapshot(), [m.clone() for m in run.sampler.mean]))
+            snapshots.setdefault(run.step, (run.stack.space.snapshot(), [m.clone() for m in run.stack.sampler.mean]))
             return inner(*args)
 
         run.train_step = train_step
@@ -238,7 +238,7 @@ BAD = [
 
 @pytest.mark.parametrize("argv,expect", BAD, ids=[a[-1] for a, _ in BAD])
 def test_bad_ldsd_config_is_one_line_exit_2(argv, expect, capsys):
-    from zorun import cli as zcli
+    from zorun.commands import cli as zcli
 
     with pytest.raises(SystemExit) as exc:
         zcli.main(argv)

@@ -14,7 +14,7 @@ from zorun.models.tokenizer import build_tiny_tokenizer
 def _preset(preset: str, **over):
     from hydra import compose, initialize_config_dir
 
-    from zorun.cli import CONF_DIR  # registers the schemas
+    from zorun.commands.cli import CONF_DIR  # registers the schemas
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[f"model={preset}"] + [f"model.{k}={v}" for k, v in over.items()])
@@ -43,7 +43,7 @@ def test_model_path_without_a_preset_trains_that_model_named_after_it(cli, tmp_p
     (["model.path={missing}"], "is not a directory; point it at a saved Hugging Face checkpoint"),
 ], ids=["tiny", "opt-125m", "missing"])
 def test_model_path_conflicts_are_one_line(argv, message, tmp_path, capsys):
-    from zorun import cli as zcli
+    from zorun.commands import cli as zcli
 
     argv = [a.format(missing=tmp_path / "nope") for a in argv]
     if not any(a.startswith("model.path=") for a in argv):

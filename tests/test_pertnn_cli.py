@@ -13,7 +13,7 @@ import torch
 from conftest import compose_config
 from test_resume import assert_same_run, run_here, stop_at
 
-from zorun.cli import preflight
+from zorun.preflight import preflight
 from zorun.config import ConfigError
 from zorun.models import load_model
 from zorun.params import ParamSpace
@@ -31,7 +31,7 @@ def read_jsonl(path: Path):
 
 def metatrain(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "zorun.metatrain", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "zorun.commands.metatrain", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -139,4 +139,4 @@ def test_pertnn_drives_every_zo_estimator(tmp_path, estimator):
     run, summary = run_here(tmp_path / "run", "sampler=pertnn", f"sampler.checkpoint={ckpt}",
                             f"estimator={estimator}", "budget.steps=4", "budget.checkpoint_every=0")
     assert summary["status"] == "completed" and summary["steps"] == 4, summary.get("error")
-    assert summary["forward_passes"] == 4 * run.estimator.passes_per_step
+    assert summary["forward_passes"] == 4 * run.stack.estimator.passes_per_step

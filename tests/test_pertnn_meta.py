@@ -66,24 +66,25 @@ def test_meta_training_lowers_the_meta_loss_of_the_networks(tmp_path, compose):
     weights, on 4 fixed batches and 16 fixed seeds, the trained networks' one-step-ahead meta-loss is lower
     than the initial networks' (paired; deterministic on CPU). A wrong-signed meta-gradient raises it."""
     from zorun.metatrain import MetaTrainer
+    from zorun.recovery import load_base_params
 
     cfg = compose("task.num_train=64", "task.num_dev=8", "task.num_test=8", "metatrain.epochs=2",
                   "metatrain.epochs_per_restart=1", "metatrain.eta_meta=2e-4", "metatrain.lr_mlp=3",
                   "estimator.lr=1e-3", name="metatrain")
     trainer = MetaTrainer(cfg, str(tmp_path))
     trainer.setup()
-    run = trainer.run
-    batches = [next(run.batches(start=i)) for i in range(4)]
+    stack, data = trainer.stack, trainer.data[0]
+    batches = [next(data.batches(start=i)) for i in range(4)]
 
     def meta_losses() -> torch.Tensor:
-        probe = MetaLearner(run.sampler, cfg.metatrain.eps, cfg.metatrain.eta_meta, lr=0.0)
-        return torch.tensor([probe.meta_gradient(1000 + i, History.start(len(run.space)), run.make_loss(b),
-                                                 run.make_loss(b, differentiable=True)).meta_loss
+        probe = MetaLearner(stack.sampler, cfg.metatrain.eps, cfg.metatrain.eta_meta, lr=0.0)
+        return torch.tensor([probe.meta_gradient(1000 + i, History.start(len(stack.space)), data.make_loss(b),
+                                                 data.make_loss(b, differentiable=True)).meta_loss
                              for i, b in enumerate(batches * 4)], dtype=torch.float64)
 
     before = meta_losses()
     trainer.train()
     assert trainer.step == 16 and (tmp_path / "pertnn.safetensors").is_file()
-    run.load_base_params()
+    load_base_params(cfg, stack.space)
     gain = before - meta_losses()
     assert gain.mean() > 0 and gain.mean() / gain.std() * 4 > 2, gain  # paired t over 16 pairs

@@ -8,7 +8,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from zorun.cli import CONF_DIR, preflight
+from zorun.paths import CONF_DIR
+from zorun.preflight import preflight
 from zorun.config import ConfigError
 from zorun.models import load_model
 from zorun.models.placement import dispatch, input_device

@@ -18,7 +18,8 @@ from tokenizers.pre_tokenizers import Whitespace
 from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
-from zorun.cli import CONF_DIR, job_overrides, preflight
+from zorun.paths import CONF_DIR
+from zorun.preflight import job_overrides, preflight
 from zorun.config import validate
 from zorun.errors import ZorunError
 from zorun.models import fit, loading
@@ -124,9 +125,9 @@ def test_dev_objective_is_the_training_loss_on_dev(tmp_path):
     assert dev["objective"] == dev["loss"]
     run = make_run(tmp_path / "lm", "budget.steps=0", "task.train_as_classification=false")
     dev = run.evaluate("dev")
-    enc = encode(run.tokenizer, run.task.dev, run.cfg.model.max_length, gold_only=True)
+    enc = encode(run.stack.tokenizer, run.task.dev, run.cfg.model.max_length, gold_only=True)
     with torch.no_grad():
-        assert dev["objective"] == pytest.approx(float(lm_loss(run.model, enc)), rel=1e-5)
+        assert dev["objective"] == pytest.approx(float(lm_loss(run.stack.model, enc)), rel=1e-5)
     assert "objective" not in run.evaluate("test")
 
 
@@ -232,12 +233,12 @@ def test_ft_mixed_precision_float16_trains_float32_weights_with_loss_scaling(tmp
     """MeZO's FT rows run the HF Trainer with --fp16: autocast passes over fp32 weights, a GradScaler."""
     run = make_run(tmp_path, "estimator=fo-adam", "estimator.lr=1e-3", "estimator.mixed_precision=float16",
                    "budget.steps=3")
-    before = [b.tensor.detach().clone() for b in run.space.blocks]
+    before = [b.tensor.detach().clone() for b in run.stack.space.blocks]
     run.train()
     assert run.cleanup()["status"] == "completed" and run.step == 3
-    assert run.estimator.scaler is not None and "scaler" in run.estimator.state_dict()
-    assert all(b.tensor.dtype == torch.float32 for b in run.space.blocks)
-    assert any(not torch.equal(b.tensor, t) for b, t in zip(run.space.blocks, before))
+    assert run.stack.estimator.scaler is not None and "scaler" in run.stack.estimator.state_dict()
+    assert all(b.tensor.dtype == torch.float32 for b in run.stack.space.blocks)
+    assert any(not torch.equal(b.tensor, t) for b, t in zip(run.stack.space.blocks, before))
     with pytest.raises(ZorunError, match="set model.dtype=float32"):
         make_run(tmp_path / "bf16", "estimator=fo-adam", "estimator.mixed_precision=float16", "model.dtype=bfloat16")
 
@@ -355,7 +356,7 @@ def test_the_memory_check_runs_in_the_preflight_before_the_run_directory_exists(
 def test_a_model_that_cannot_fit_is_refused_before_loading(tmp_path, monkeypatch):
     """model=opt-30b model.init=random on a 24 GiB CPU box: 30B fp16 weights alone are 60 GB."""
     monkeypatch.setattr(fit, "free_bytes", lambda model: (24 * fit.GIB, "this machine's RAM"))
-    monkeypatch.setattr("zorun.run.load_model", lambda *a: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("zorun.stack.load_model", lambda *a: pytest.fail("the model was loaded"))
     run = Run(compose_cfg("model=opt-30b", "model.init=random", "model.tokenizer=builtin", "task.num_train=16",
                           "task.num_dev=4", "task.num_test=4", "logger=none"), str(tmp_path))
     with pytest.raises(ZorunError) as err:

@@ -15,7 +15,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from zorun.cli import CONF_DIR
+from zorun.paths import CONF_DIR
 from zorun.sweep.report import build_report, main
 
 # (sampler, lr, seed) -> (dev accuracy, test accuracy). For mezo, lr 1e-3 wins on dev

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from zorun.checkpoint import PARAMS, Checkpoints
-from zorun.cli import CONF_DIR
+from zorun.paths import CONF_DIR
 from zorun.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,13 +171,13 @@ def test_stop_and_resume_with_state_equals_uninterrupted(tmp_path, combo):
     run, resumed = run_here(tmp_path / "cut", *common)
     assert resumed["resumed_from"] == 13 and run.batches_done == 24
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
-    assert run.estimator.steps == 24 and run.estimator.state_bytes > 0
+    assert run.stack.estimator.steps == 24 and run.stack.estimator.state_bytes > 0
     if combo == "zo-adam-adalezo":
-        assert run.sampler.observed == 24
+        assert run.stack.sampler.observed == 24
         assert (tmp_path / "whole" / "adalezo.jsonl").read_text() == (tmp_path / "cut" / "adalezo.jsonl").read_text()
     if combo == "momentum-ldsd":
         assert (tmp_path / "whole" / "ldsd.jsonl").read_text() == (tmp_path / "cut" / "ldsd.jsonl").read_text()
-        assert all(torch.equal(a, b) for a, b in zip(run.sampler.state_dict()["mean"], whole.sampler.state_dict()["mean"]))
+        assert all(torch.equal(a, b) for a, b in zip(run.stack.sampler.state_dict()["mean"], whole.stack.sampler.state_dict()["mean"]))
 
 
 def test_resume_refuses_a_changed_config_and_a_missing_checkpoint(tmp_path, capsys):

@@ -14,7 +14,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from zorun.cli import CONF_DIR, job_overrides, preflight
+from zorun.paths import CONF_DIR
+from zorun.preflight import job_overrides, preflight
 from zorun.config import ConfigError
 from zorun.identity import safe_dirname
 from zorun.sweep.multirun import sweeps_dir

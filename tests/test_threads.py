@@ -30,8 +30,8 @@ def test_a_gpu_run_leaves_cpu_threads_alone():
 def test_a_tiny_run_trains_on_one_thread_and_logs_it(tmp_path, monkeypatch, caplog):
     from hydra import compose, initialize_config_dir
 
-    from zorun.cli import CONF_DIR
-    from zorun.run import Run
+    from zorun.paths import CONF_DIR
+    from zorun.stack import Stack
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
@@ -39,8 +39,8 @@ def test_a_tiny_run_trains_on_one_thread_and_logs_it(tmp_path, monkeypatch, capl
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose("config", overrides=["logger=none", "task.num_train=8", "task.num_dev=4", "task.num_test=4"])
-        with caplog.at_level(logging.INFO, logger="zorun.run"):
-            Run(cfg, str(tmp_path)).build_model()
+        with caplog.at_level(logging.INFO, logger="zorun.stack"):
+            Stack.build(cfg)
         assert torch.get_num_threads() == 1
         assert "threads=1 (a model under 10M parameters on CPU; OMP_NUM_THREADS=N to change)" in caplog.text
         monkeypatch.setenv("OMP_NUM_THREADS", "2")

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from zorun.cli import CONF_DIR
+from zorun.paths import CONF_DIR
 from zorun.tracking import wandb_logger
 from zorun.tracking.wandb_logger import WandbLogger, resolve_mode
 

@@ -1,6 +1,6 @@
 """`python -m zorun` is the `zorun` command."""
 
-from zorun.cli import main
+from zorun.commands.cli import main
 
 if __name__ == "__main__":
     main()

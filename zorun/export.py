@@ -1,4 +1,4 @@
-"""The fine-tuned model as a Hugging Face folder, and the `zorun-export` command.
+"""The fine-tuned model as a Hugging Face folder: what a run writes, and the library of `zorun-export`.
 
 A completed full-parameter run writes ``<run dir>/model/`` (budget.save_model):
 save_pretrained's safetensors shards, config and generation config, and the
@@ -16,20 +16,25 @@ can still be exported.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
 from peft import PeftModel
 
+from zorun.checkpoint import Checkpoint, Checkpoints
 from zorun.errors import ZorunError
+from zorun.models import load_tokenizer
+from zorun.recovery import load_state
+from zorun.replay import replay
+from zorun.stack import Stack
+from zorun.timing import Clock
+from zorun.trajectory import NAME, ReplayError, read
 
 log = logging.getLogger(__name__)
 
@@ -71,84 +76,49 @@ def load_run_config(run_dir: Path, device: Optional[str]):
     return cfg
 
 
-def restore(run, run_dir: Path, step: Optional[int]) -> Tuple[int, str]:
+def restore(stack: Stack, run_dir: Path, step: Optional[int]) -> Tuple[int, str]:
     """Put the run's model at `step` (default: the last one logged or checkpointed); returns (step, how)."""
-    from zorun.checkpoint import Checkpoint, Checkpoints
-    from zorun.replay import replay
-    from zorun.timing import Clock
-    from zorun.trajectory import NAME, ReplayError, read
-
     saved = Checkpoints(run_dir / "checkpoints", keep=1).steps()
     records = []
     if (run_dir / NAME).is_file():
         header, records = read(run_dir / NAME)
-        if header["num_blocks"] != len(run.space):
-            raise ReplayError(f"the log has {header['num_blocks']} blocks, model={run.cfg.model.name} has "
-                              f"{len(run.space)}")
+        if header["num_blocks"] != len(stack.space):
+            raise ReplayError(f"the log has {header['num_blocks']} blocks, model={stack.cfg.model.name} has "
+                              f"{len(stack.space)}")
     logged = records[-1]["step"] + 1 if records else 0
     last = max([logged] + [s for s, _ in saved])
     target = last if step is None else step
     if not 0 <= target <= last:
         raise ZorunError(f"--step {step}: {run_dir} holds steps 0..{last} (the trajectory log and the checkpoints)")
     start = max((s for s, _ in saved if s <= target), default=None)
-    sampler = run.sampler if run.sampler.replays_state else None
     if start is not None:
         ckpt = Checkpoint.open(dict(saved)[start])
-        ckpt.load_params(run.space)
+        ckpt.load_params(stack.space)
         if start == target:
             return target, f"from checkpoint {ckpt.path.name}"
-        state = ckpt.load_state()
-        run.estimator.load_state_dict(state["estimator"])
-        if sampler is not None:
-            sampler.load_state_dict(state["sampler"])
+        load_state(stack, ckpt)
     if target > logged:
         raise ReplayError(f"--step {target}: no checkpoint there, and the trajectory log of {run_dir} ends at step "
                           f"{logged}; export a step up to {logged} or one with a checkpoint")
     print(f"zorun-export: replaying {target - (start or 0)} steps ({start or 0}..{target - 1}) of trajectory.jsonl "
           f"from {'checkpoint step ' + str(start) if start is not None else 'the base model'}", flush=True)
-    applied = replay(run.estimator, records, len(run.space), start or 0, target, Clock(), sampler)
+    applied = replay(stack.estimator, records, len(stack.space), start or 0, target, Clock(), stack.replayed_sampler)
     return target, f"{applied} steps replayed from {'checkpoint ' + str(start) if start is not None else 'the base model'}"
 
 
 def export(run_dir: Path, step: Optional[int], out: Optional[Path], device: Optional[str], merge: bool) -> Path:
-    from zorun.models import load_tokenizer
-    from zorun.run import Run
-
     cfg = load_run_config(run_dir, device)
     started = time.perf_counter()
-    run = Run(cfg, str(run_dir))
-    run.build_model()
-    step, how = restore(run, run_dir, step)
+    stack = Stack.build(cfg)
+    step, how = restore(stack, run_dir, step)
     out = out or run_dir / "export" / f"step-{step}"
     if out.exists() and any(out.iterdir()):
         raise ZorunError(f"--out {out} exists and is not empty; remove it or choose another directory")
-    peft = isinstance(run.model, PeftModel)
-    if merge and not (peft and run.cfg.model.peft == "lora"):
-        raise ZorunError(f"--merge merges a LoRA adapter, and model.peft={run.cfg.model.peft}; drop --merge")
-    save_model(run.model, load_tokenizer(cfg.model), out, merge=merge)
+    peft = isinstance(stack.model, PeftModel)
+    if merge and not (peft and cfg.model.peft == "lora"):
+        raise ZorunError(f"--merge merges a LoRA adapter, and model.peft={cfg.model.peft}; drop --merge")
+    save_model(stack.model, load_tokenizer(cfg.model), out, merge=merge)
     what = "adapter" if peft and not merge else "model"
     print(f"zorun-export: step {step} ({how}) -> {out}: {what}, {folder_bytes(out) / 1e6:.1f} MB "
           f"in {time.perf_counter() - started:.1f} s")
     return out
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="zorun-export", description=__doc__.split("\n\n")[2])
-    parser.add_argument("run_dir", type=Path, help="a zorun run directory (with .hydra/)")
-    parser.add_argument("--step", type=int, default=None, help="the step to export (default: the last one)")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default: RUN_DIR/export/step-N)")
-    parser.add_argument("--device", default=None, help="override model.device (the run's by default: a replay is "
-                                                       "bit for bit on the device and kernels the run used)")
-    parser.add_argument("--merge", action="store_true",
-                        help="peft LoRA runs: write the merged model instead of the adapter")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        export(args.run_dir, args.step, args.out, args.device, args.merge)
-    except ZorunError as err:
-        print(f"zorun-export: error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

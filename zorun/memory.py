@@ -1,57 +1,33 @@
-"""Peak memory: what summary.json reports, the training-step vs inference-forward comparison, and
-PertNN meta-training vs its first-order teacher alone (zorun-bench pertnn).
+"""Peak memory of one operation in a fresh process, for zorun-bench: a training step vs an inference
+forward (zorun-bench memory), and PertNN meta-training vs its first-order teacher alone (zorun-bench pertnn).
 
-On CPU the peak is the process's high-water resident set (VmHWM), which
-Linux lets us reset (/proc/self/clear_refs), so a measurement covers just
-the operation of interest; on CUDA it is the allocator's peak, per device.
-A run measures its first step and one inference forward on the same batch
-(summary.json ``memory``); ``zorun-bench memory`` does the same for several
-estimators, each in a fresh process.
+Each measurement builds the configured stack (:mod:`zorun.stack`,
+:mod:`zorun.data`) in its own process (``python -m zorun.memory --measure
+MODE``), so that none sees another's peak; the peaks are read as
+:mod:`zorun.peaks` reads them for a run's summary.json.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, List
 
-import torch
+from hydra import compose, initialize_config_dir
 
 from zorun.config import register_configs
+from zorun.data import Data
+from zorun.metatrain import MetaTrainer
+from zorun.models import load_tokenizer
 from zorun.paths import CONF_DIR
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    elif Path("/proc/self/clear_refs").exists():  # Linux; elsewhere the CPU peak covers the whole process
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_bytes(device: torch.device) -> int:
-    """Peak allocated bytes on a GPU; peak resident set of the process on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def peaks(devices: Iterable[torch.device]) -> Dict[str, int]:
-    """Peak bytes per device (str(device) -> bytes) since its last reset."""
-    return {str(d): peak_bytes(d) for d in devices}
-
-
-def reset_peaks(devices: Iterable[torch.device]) -> None:
-    for d in {torch.device(d) for d in devices}:
-        reset_peak(d)
+from zorun.peaks import peak_bytes, peaks, reset_peak, reset_peaks
+from zorun.plan import mix_seed
+from zorun.samplers.pertnn_meta import History
+from zorun.stack import Stack
+from zorun.tasks import build_task
+from zorun.timing import Clock
 
 
 def measure(mode: str, overrides: List[str]) -> Dict[str, float]:
@@ -59,55 +35,44 @@ def measure(mode: str, overrides: List[str]) -> Dict[str, float]:
 
     mode: ``forward`` (inference, no grad) or ``step`` (one step of the configured estimator and sampler).
     """
-    from hydra import compose, initialize_config_dir
-
-    from zorun.run import Run
-    from zorun.timing import Clock
-
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    run = Run(cfg, tempfile.mkdtemp(prefix="zorun-mem-"))
-    run.setup()
-    batch = next(run.batches())
-    run.make_loss(batch)()  # warm-up: lazily allocated buffers are not what we measure
-    loss = run.make_loss(batch, differentiable=run.estimator.differentiable)
-    devices = run.devices()
+    task = build_task(cfg.task)
+    stack = Stack.build(cfg, load_tokenizer(cfg.model))
+    data = Data(stack, task)
+    batch = next(data.batches())
+    data.make_loss(batch)()  # warm-up: lazily allocated buffers are not what we measure
+    loss = data.make_loss(batch, differentiable=stack.estimator.differentiable)
+    devices = stack.devices()
     reset_peaks(devices)
     if mode == "forward":
-        run.make_loss(batch)()
+        data.make_loss(batch)()
     else:
-        run.estimator.step(run.sampler.plan(0), loss, cfg.estimator.lr, Clock())
-    return {"mode": mode, "peak_bytes": peak_bytes(run.device), "peaks": peaks(devices),
-            "param_bytes": run.space.nbytes, "state_bytes": run.estimator.state_bytes}
+        stack.estimator.step(stack.sampler.plan(0), loss, cfg.estimator.lr, Clock())
+    return {"mode": mode, "peak_bytes": peak_bytes(stack.device), "peaks": peaks(devices),
+            "param_bytes": stack.space.nbytes, "state_bytes": stack.estimator.state_bytes}
 
 
 def measure_metatrain(mode: str, overrides: List[str]) -> Dict[str, float]:
     """zorun-metatrain's config: after one warm-up iteration (meta-step + teacher step, so the teacher's
     momentum exists), the peak of one `teacher` step alone, or of one whole `metatrain` iteration."""
-    from hydra import compose, initialize_config_dir
-
-    from zorun.metatrain import MetaTrainer
-    from zorun.plan import mix_seed
-    from zorun.samplers.pertnn_meta import History
-    from zorun.timing import Clock
-
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("metatrain", overrides=overrides)
     trainer = MetaTrainer(cfg, tempfile.mkdtemp(prefix="zorun-mem-"))
     trainer.setup()
-    run = trainer.run
-    batch = next(run.batches())
-    loss, loss_grad = run.make_loss(batch), run.make_loss(batch, differentiable=True)
-    history = History.start(len(run.space))
+    stack, data = trainer.stack, trainer.data[0]
+    batch = next(data.batches())
+    loss, loss_grad = data.make_loss(batch), data.make_loss(batch, differentiable=True)
+    history = History.start(len(stack.space))
     for step in range(2):  # step 0 warms up; step 1 is measured
         if step == 1:
-            reset_peak(run.device)
+            reset_peak(stack.device)
         if mode == "metatrain" or step == 0:
             trainer.learner.step(mix_seed(cfg.seed, step), history, loss, loss_grad)
-        run.estimator.step(None, loss_grad, float(cfg.estimator.lr), Clock())
-    return {"mode": mode, "peak_bytes": peak_bytes(run.device), "param_bytes": run.space.nbytes}
+        stack.estimator.step(None, loss_grad, float(cfg.estimator.lr), Clock())
+    return {"mode": mode, "peak_bytes": peak_bytes(stack.device), "param_bytes": stack.space.nbytes}
 
 
 def _measure_in_subprocess(mode: str, overrides: List[str]) -> Dict[str, float]:

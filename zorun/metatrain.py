@@ -10,8 +10,8 @@ The loop, per meta-step, on the next batch of the round robin's task:
 Every `epochs_per_restart` epochs θ goes back to the base weights and the
 teacher's momentum is dropped, so the networks keep seeing high-loss points.
 Each task keeps its own L± and σ history (reset each epoch, as the
-reference does). The model, the tasks' data and the losses come from
-:class:`zorun.run.Run` (its batches and make_loss), so meta-training sees
+reference does). The model comes from :class:`zorun.stack.Stack`, the tasks'
+batches and losses from :class:`zorun.data.Data`, so meta-training sees
 exactly what a ZO run of the same config sees.
 
 Outputs in the Hydra run directory: metrics.jsonl (meta-loss, the loss at θ
@@ -23,25 +23,24 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 from zorun import kernels
-from zorun.paths import CONF_DIR
+from zorun.data import Data
 from zorun.errors import ZorunError
-from zorun.memory import peak_bytes
 from zorun.models import load_tokenizer
+from zorun.peaks import peak_bytes
 from zorun.plan import mix_seed
+from zorun.recovery import load_base_params
 from zorun.registry import build_estimator
-from zorun.run import Run
 from zorun.samplers import pertnn_io
 from zorun.samplers.pertnn_meta import History, MetaLearner
+from zorun.stack import Stack
 from zorun.tasks import build_task
 from zorun.timing import Clock
 from zorun.tracking import MetricsWriter, write_json_atomic
@@ -55,7 +54,8 @@ class MetaTrainer:
     def __init__(self, cfg: DictConfig, out_dir: str):
         self.cfg, self.m = cfg, cfg.metatrain
         self.out_dir = Path(out_dir)
-        self.run = Run(cfg, out_dir)  # the data path, the model, the teacher and the sampler's networks
+        self.stack: Optional[Stack] = None  # the model, the teacher and the sampler's networks
+        self.data: List[Data] = []  # per task: its batches and losses
         self.step = 0
         self.status, self.error = "running", None
         self.epochs: List[Dict[str, float]] = []
@@ -63,18 +63,18 @@ class MetaTrainer:
         self.metrics: Optional[MetricsWriter] = None
 
     def setup(self) -> None:
-        cfg, run = self.cfg, self.run
+        cfg = self.cfg
         check_writable(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl")
         task_cfgs = [cfg.task, *cfg.metatrain.tasks.values()]
         self.names = [cfg.task.name, *cfg.metatrain.tasks.keys()]
         self.tasks = [build_task(t) for t in task_cfgs]
-        run.task = self.tasks[0]
-        run.tokenizer = load_tokenizer(cfg.model)
-        run.build_model()  # model, ParamSpace, sampler=pertnn (fresh or given networks), the teacher estimator
-        kernels.select("torch", run.space)  # the meta-gradient regenerates z with the torch generator
-        self.learner = MetaLearner(run.sampler, self.m.eps, self.m.eta_meta, self.m.lr_mlp)
+        self.stack = Stack.load(cfg, load_tokenizer(cfg.model))
+        self.stack.add_trainers()  # sampler=pertnn (fresh or given networks), the teacher estimator
+        self.data = [Data(self.stack, task) for task in self.tasks]
+        kernels.select("torch", self.stack.space)  # the meta-gradient regenerates z with the torch generator
+        self.learner = MetaLearner(self.stack.sampler, self.m.eps, self.m.eta_meta, self.m.lr_mlp)
         bs = cfg.budget.batch_size
         for name, task in zip(self.names, self.tasks):
             if len(task.train) < bs:
@@ -82,22 +82,22 @@ class MetaTrainer:
                                  f"(budget.batch_size={bs})")
         self.steps_per_epoch = len(self.tasks[0].train) // bs
         log.info("meta-training %d networks on %s: %d epochs x %d steps x %d tasks, restart every %d epochs",
-                 len(run.space), ", ".join(self.names), self.m.epochs, self.steps_per_epoch, len(self.tasks),
+                 len(self.stack.space), ", ".join(self.names), self.m.epochs, self.steps_per_epoch, len(self.tasks),
                  self.m.epochs_per_restart)
 
     def restart(self) -> None:
         """θ back to the base model, a fresh teacher (no momentum)."""
         if self.step:
-            self.run.load_base_params()
-        self.run.estimator = build_estimator(self.cfg, self.run.space)
+            load_base_params(self.cfg, self.stack.space)
+        self.stack.estimator = build_estimator(self.cfg, self.stack.space)
 
     def train(self) -> None:
-        m, run, n = self.m, self.run, len(self.tasks)
-        streams = [run.batches(task=t) for t in self.tasks]
+        m, n = self.m, len(self.tasks)
+        streams = [data.batches() for data in self.data]
         period = m.epochs_per_restart * self.steps_per_epoch * n  # meta-steps per restart period
         lr0 = float(self.cfg.estimator.lr)
         window: List[Dict[str, float]] = []
-        histories = [History.start(len(run.space)) for _ in self.tasks]
+        histories = [History.start(len(self.stack.space)) for _ in self.tasks]
         for epoch in range(m.epochs):
             if epoch % m.epochs_per_restart == 0:
                 self.restart()
@@ -107,11 +107,11 @@ class MetaTrainer:
             for _ in range(self.steps_per_epoch):
                 for k in range(n):
                     batch = next(streams[k])
-                    loss = run.make_loss(batch, task=self.tasks[k])
-                    loss_grad = run.make_loss(batch, differentiable=True, task=self.tasks[k])
+                    loss = self.data[k].make_loss(batch)
+                    loss_grad = self.data[k].make_loss(batch, differentiable=True)
                     meta = self.learner.step(mix_seed(self.cfg.seed, self.step), histories[k], loss, loss_grad)
                     lr = lr0 * max(0.0, 1.0 - (self.step % period) / period)
-                    teacher = run.estimator.step(None, loss_grad, lr, Clock())
+                    teacher = self.stack.estimator.step(None, loss_grad, lr, Clock())
                     if not (math.isfinite(meta.meta_loss) and teacher.finite):
                         raise ZorunError(f"non-finite loss at meta-step {self.step} (meta-loss {meta.meta_loss}, "
                                          f"teacher {teacher.loss}); lower estimator.lr or metatrain.eta_meta")
@@ -143,10 +143,10 @@ class MetaTrainer:
                             "sigma_max": max(r["sigma_max"] for r in window), "wall_s": self.wall_s()})
 
     def save(self) -> Path:
-        space, sc = self.run.space, self.cfg.sampler
+        space, sc = self.stack.space, self.cfg.sampler
         model = self.cfg.model
         base = model.hf_id or model.path or model.name
-        path = pertnn_io.save(self.out_dir / OUTPUT, self.run.sampler.nets, [b.name for b in space.blocks],
+        path = pertnn_io.save(self.out_dir / OUTPUT, self.stack.sampler.nets, [b.name for b in space.blocks],
                               [list(b.tensor.shape) for b in space.blocks], base_model=str(base), source="metatrain",
                               normalize=sc.normalize, embed_tokens=sc.embed_tokens)
         log.info("networks written to %s; use with: zorun model=%s sampler=pertnn sampler.checkpoint=%s",
@@ -157,7 +157,7 @@ class MetaTrainer:
         return time.perf_counter() - self.start
 
     def summary(self) -> Dict[str, Any]:
-        device = getattr(self.run, "device", torch.device("cpu"))
+        device = self.stack.device if self.stack is not None else torch.device("cpu")
         out = {"status": self.status, "model": self.cfg.model.name, "tasks": getattr(self, "names", []),
                "steps": self.step, "epochs": self.epochs, "wall_s": self.wall_s(),
                "peak_mem_bytes": peak_bytes(device),
@@ -172,38 +172,3 @@ class MetaTrainer:
         if self.metrics is not None:
             self.metrics.close()
         return summary
-
-
-def execute(cfg: DictConfig) -> Dict[str, Any]:
-    from hydra.core.hydra_config import HydraConfig
-
-    trainer = MetaTrainer(cfg, HydraConfig.get().runtime.output_dir)
-    try:
-        trainer.setup()
-        trainer.train()
-    except ZorunError as err:
-        trainer.status, trainer.error = "failed", str(err)
-        trainer.cleanup()
-        print(f"zorun-metatrain: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as err:  # a bug: keep the traceback, but never lose the summary
-        trainer.status, trainer.error = "failed", f"{type(err).__name__}: {err}"
-        trainer.cleanup()
-        raise
-    return trainer.cleanup()
-
-
-@hydra.main(config_path=CONF_DIR, config_name="metatrain", version_base="1.3")
-def _app(cfg: DictConfig) -> Dict[str, Any]:
-    return execute(cfg)
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    """The pre-flight of `zorun` (one-line errors, exit 2) on the metatrain config, then Hydra."""
-    from zorun.cli import run_app
-
-    run_app(_app, "metatrain", sys.argv[1:] if argv is None else argv, "zorun-metatrain")
-
-
-if __name__ == "__main__":
-    main()

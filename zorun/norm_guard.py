@@ -1,6 +1,6 @@
 """The parameter-norm guard: ends a run whose parameters blow up while every value stays finite.
 
-A non-finite loss is caught at the step it appears (zorun.run undoes the
+A non-finite loss is caught at the step it appears (zorun.recovery undoes the
 step exactly). A huge lr need not produce one: with estimator.lr=1e30 the
 loss of a classification task sits at ln 2 with a projected gradient of 0
 while the weights climb to 1e31, and the run would end `completed`. So every

@@ -8,7 +8,7 @@ checks what they may instantiate (:mod:`zorun.safety`), their keys, names,
 values and files (:func:`check_job`), and raises one ZorunError on the first
 problem. A multirun's grid is expanded as the basic sweeper will; a plugin
 sweeper (Optuna) draws its values as it goes, so the pre-flight checks the
-fixed part and each job checks its own values when it starts (zorun.cli).
+fixed part and each job checks its own values when it starts (zorun.commands.cli).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Source:
         """zorun's own conf/ (what `zorun` reads without --config-* flags)."""
         from hydra._internal.utils import create_automatic_config_search_path
 
-        return cls(config_name, "cli", create_automatic_config_search_path(None, "zorun.cli", CONF_DIR),
+        return cls(config_name, "cli", create_automatic_config_search_path(None, "zorun.commands.cli", CONF_DIR),
                    Path(CONF_DIR, f"{config_name}.yaml"))
 
 

@@ -1,4 +1,4 @@
-"""Rebuild parameters from a starting point plus the trajectory log, and the `zorun-replay` command.
+"""Rebuild parameters from a starting point plus the trajectory log: the library of `zorun-replay`.
 
 `zorun-replay RUN_DIR` loads the run's base model (its saved config), replays
 every logged step through the run's estimator with the logged loss values,
@@ -8,14 +8,12 @@ exactly the kernel calls it made in training, so on the device and kernel
 backend the run used the result is bit for bit the trained parameters; no
 forward pass runs, so a replay costs the perturb and update passes only.
 The same mechanism undoes a non-finite step exactly inside a run
-(:meth:`zorun.run.Run.restore_exactly`).
+(:func:`zorun.recovery.restore_exactly`).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -24,7 +22,9 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from zorun.checkpoint import PARAMS, Checkpoints
 from zorun.errors import ZorunError
+from zorun.stack import Stack
 from zorun.timing import Clock
 from zorun.trajectory import NAME, SAMPLER_STATE, ReplayError, ScriptedLoss, decode_plan, read, steps_between
 
@@ -69,9 +69,6 @@ def compare(space, checkpoint_params: Path) -> float:
 
 
 def run_replay(run_dir: Path, steps: int | None, out: Path | None, device: str | None, atol: float) -> int:
-    from zorun.checkpoint import PARAMS, Checkpoints
-    from zorun.run import Run
-
     config_path = run_dir / ".hydra" / "config.yaml"
     if not config_path.is_file():
         raise ZorunError(f"{run_dir} has no .hydra/config.yaml; point zorun-replay at a zorun run directory")
@@ -83,16 +80,14 @@ def run_replay(run_dir: Path, steps: int | None, out: Path | None, device: str |
     if steps is not None and not 0 <= steps <= logged:
         raise ReplayError(f"--steps {steps}: the log of {run_dir} holds steps 0..{logged - 1}")
     stop = logged if steps is None else steps
-    run = Run(cfg, str(run_dir))
     started = time.perf_counter()
-    run.build_model()
-    if header["num_blocks"] != len(run.space):
-        raise ReplayError(f"the log has {header['num_blocks']} blocks, model={cfg.model.name} has {len(run.space)}")
-    sampler = run.sampler if run.sampler.replays_state else None
-    applied = replay(run.estimator, records, len(run.space), 0, stop, Clock(), sampler)
+    stack = Stack.build(cfg)
+    if header["num_blocks"] != len(stack.space):
+        raise ReplayError(f"the log has {header['num_blocks']} blocks, model={cfg.model.name} has {len(stack.space)}")
+    applied = replay(stack.estimator, records, len(stack.space), 0, stop, Clock(), stack.replayed_sampler)
     seconds = time.perf_counter() - started
     out = out or run_dir / "replayed.safetensors"
-    save_file({b.name: b.tensor.detach().cpu().contiguous() for b in run.space.blocks}, str(out),
+    save_file({b.name: b.tensor.detach().cpu().contiguous() for b in stack.space.blocks}, str(out),
               metadata={"replayed_steps": str(stop)})
     log_bytes = (run_dir / NAME).stat().st_size
     per_1000 = log_bytes / max(stop, 1) * 1000
@@ -103,30 +98,8 @@ def run_replay(run_dir: Path, steps: int | None, out: Path | None, device: str |
     if match is None:
         print(f"no checkpoint at step {stop} to compare with")
         return 0
-    diff = compare(run.space, match / PARAMS)
+    diff = compare(stack.space, match / PARAMS)
     size = (match / PARAMS).stat().st_size
     verdict = "equal bit for bit" if diff == 0 else f"max |difference| {diff:.3g}"
     print(f"checkpoint {match.name}: params {size} bytes; replayed parameters: {verdict}")
     return 0 if diff <= atol and math.isfinite(diff) else 1
-
-
-def main(argv: List[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="zorun-replay", description=__doc__.split("\n\n")[1])
-    parser.add_argument("run_dir", type=Path, help="a zorun run directory (with .hydra/ and trajectory.jsonl)")
-    parser.add_argument("--steps", type=int, default=None, help="replay steps 0..N-1 only (default: all logged)")
-    parser.add_argument("--out", type=Path, default=None, help="where to write the parameters "
-                                                               "(default: RUN_DIR/replayed.safetensors)")
-    parser.add_argument("--device", default=None, help="override model.device (the run's by default)")
-    parser.add_argument("--atol", type=float, default=0.0,
-                        help="allowed max |difference| to the checkpoint (default 0: bit for bit)")
-    args = parser.parse_args(argv)
-    try:
-        code = run_replay(args.run_dir, args.steps, args.out, args.device, args.atol)
-    except ZorunError as err:
-        print(f"zorun-replay: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

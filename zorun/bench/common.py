@@ -49,8 +49,10 @@ def environment(device: torch.device) -> Dict[str, Any]:
 def compose(overrides: List[str]):
     from hydra import compose, initialize_config_dir
 
-    from zorun.cli import CONF_DIR, check_known_keys, one_line
     from zorun.config import validate
+    from zorun.messages import one_line
+    from zorun.paths import CONF_DIR
+    from zorun.preflight import check_known_keys
     from zorun.registry import check_combination
 
     try:

@@ -14,66 +14,27 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import hydra
-from hydra.errors import HydraException, MissingConfigException
+from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from zorun.distributed import DataParallel
 from zorun.errors import ZorunError
-from zorun.preflight import (CONF_DIR, Source, check_command, check_composable, check_job, check_known_keys,
-                             job_overrides, preflight)
+from zorun.messages import GROUPS, group_options, one_line
+from zorun.paths import CONF_DIR
+from zorun.preemption import StopSignals
+from zorun.preflight import Source, check_command, check_composable, check_job
 from zorun.resume import Snapshot, check_run_dir, expand_resume, lock_run_dir, unlock_run_dir
-from zorun.sweep.multirun import sweeps_dir
+from zorun.sweep.multirun import record_if_incompatible, skip_if_completed
 
-__all__ = ["CONF_DIR", "check_known_keys", "job_overrides", "main", "one_line", "preflight", "run_app"]
-
-GROUPS = ("model", "task", "estimator", "sampler", "budget", "logger")
 EXIT_USAGE = 2
-
-
-def group_options(group: str) -> List[str]:
-    folder = sweeps_dir() if group == "sweep" else Path(CONF_DIR, group)
-    return sorted(p.stem for p in folder.glob("*.yaml"))
-
-
-def _flatten(text: str) -> str:
-    return " ".join(text.split())
-
-
-def one_line(ex: BaseException) -> str:
-    """The shortest message that names the key, the problem and the fix."""
-    if isinstance(ex, ZorunError):
-        return str(ex)
-    msg = str(ex)
-    missing = re.search(r"Could not find '([^/']+)/([^']+)'", msg)
-    if isinstance(ex, MissingConfigException) and missing:
-        group, option = missing.groups()
-        if group == "sweep":
-            return f"unknown sweep '{option}': choose +sweep=<one of: {', '.join(group_options('sweep'))}>"
-        if group in GROUPS:
-            opts = ", ".join(group_options(group))
-            return f"unknown {group} '{option}': choose {group}=<one of: {opts}>"
-    if isinstance(ex, MissingConfigException) and "Cannot find primary config" in msg:
-        return _flatten(msg)
-    cause = ex.__cause__ if ex.__cause__ is not None else ex
-    if isinstance(cause, OmegaConfBaseException):
-        key = getattr(cause, "full_key", None) or ""
-        text = str(cause).split("\n")[0]
-        if "not in" in text or "Key '" in text and "not in" in text:
-            return f"unknown key '{key}': check the spelling; `zorun --cfg job` lists every key"
-        allowed = re.search(r"expected one of \[(.*)\]", text)
-        if allowed:
-            return f"{key}: invalid value; allowed values: {allowed.group(1)}"
-        return f"{key}: {text}" if key else _flatten(text)
-    could_not = re.search(r"Could not override '([^']+)'", msg)
-    if could_not:
-        return f"unknown key '{could_not.group(1)}': check the spelling; `zorun --cfg job` lists every key"
-    return _flatten(msg)
 
 
 def pin_run_dir(argv: List[str], run_dir: str) -> List[str]:
@@ -84,8 +45,6 @@ def pin_run_dir(argv: List[str], run_dir: str) -> List[str]:
 
 def data_parallel_argv(argv: List[str], run_dir: str, multirun: bool) -> List[str]:
     """Under torchrun: every rank runs in rank 0's run directory, and only rank 0 writes Hydra's files there."""
-    from zorun.distributed import DataParallel
-
     if multirun:
         raise ZorunError("-m under torchrun would run every job on every rank; launch each job with torchrun, "
                          "or a multirun without torchrun (hydra/launcher=submitit_slurm for clusters)")
@@ -131,7 +90,6 @@ def usage() -> str:
 
 def _hydra_argv_parser():
     """Hydra's command-line parser, whose usage errors are one line too."""
-    from hydra._internal.utils import get_args_parser
 
     def error(message: str) -> None:
         raise ZorunError(f"{message}; `zorun --help` lists the commands")
@@ -144,10 +102,6 @@ def _hydra_argv_parser():
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> float:
     """One job: its lock, its config checked as it runs, the run; returns the number a sweeper optimises."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from zorun.sweep.multirun import record_if_incompatible, skip_if_completed
-
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     locked = False  # a multirun job takes its lock here; a single run's pre-flight holds it already
     try:
@@ -161,13 +115,53 @@ def _app(cfg: DictConfig) -> float:
     try:
         summary = skip_if_completed(cfg) or record_if_incompatible(cfg)  # before importing the run stack
         if summary is None:
-            from zorun.run import execute
-
             summary = execute(cfg)
         return objective(summary, cfg.get("optimized_metric"))
     finally:
         if locked:
             unlock_run_dir(out_dir)
+
+
+def execute(cfg: DictConfig) -> Dict[str, Any]:
+    """One run as a job of the zorun command: always write summary.json, map failures to exit codes.
+
+    Exit codes: 2 a usage or data error, 3 diverged, 128 + signal number when
+    stopped by a signal (143 for SIGTERM, 130 for SIGINT) after its checkpoint,
+    and 128 + the second signal's number when a second one stops it at once.
+    """
+    from zorun.run import Run  # the run stack (torch's model libraries: seconds): not for --help or a skipped job
+
+    with StopSignals() as signals:
+        run = Run(cfg, HydraConfig.get().runtime.output_dir, signals)
+        exit_code = 0
+        try:
+            run.setup()
+            run.train()
+        except ZorunError as err:
+            run.fail("failed", str(err))
+            print(f"zorun: error: {err}", file=sys.stderr)
+            exit_code = 2
+        except KeyboardInterrupt:  # a second signal: stop at once, no checkpoint
+            run.fail("stopped", f"interrupted at step {run.step}")
+            exit_code = signals.interrupt_exit_code
+        except Exception as err:  # a bug: keep the traceback, but never lose the summary
+            run.fail("failed", f"{type(err).__name__}: {err}")
+            run.cleanup()
+            raise
+        summary = run.cleanup()
+        run.dp.close()
+    if summary["status"] == "diverged":
+        print(f"zorun: error: {summary['error']}", file=sys.stderr)
+        exit_code = 3
+    elif summary["status"] == "stopped" and signals.received is not None and not exit_code:
+        saved = (f"checkpoint saved; continue with: zorun resume={run.out_dir}" if run.saved_step == run.step
+                 else "no checkpoint (budget.checkpoint_on_stop=false)")
+        print(f"zorun: {summary['error']}; {saved}", file=sys.stderr)
+        exit_code = signals.exit_code
+        signals.hand_over()  # e.g. submitit: requeue the job, which resumes from the checkpoint
+    if exit_code:
+        sys.exit(exit_code)
+    return summary
 
 
 def objective(summary: Dict[str, Any], key: Optional[str]) -> float:
