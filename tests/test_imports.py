@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from pathlib import Path
 from typing import Dict, FrozenSet, List, Set
 
@@ -114,3 +115,13 @@ def test_the_cycle_finder_finds_cycles_through_function_imports():
     modules = module_names()
     # config.validate imports the registry inside the function: that edge counts
     assert "zorun.registry" in imports_of("zorun.config", modules["zorun.config"], modules)
+
+
+def test_the_readme_reading_order_names_files_that_exist():
+    """README's "How a step works" lists the files a reader opens; each one must exist."""
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## How a step works", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`(zorun/[\w/]+\.py)`", section)
+    assert len(named) >= 10, named
+    missing = [p for p in named if not (PACKAGE.parent / p).is_file()]
+    assert not missing, f"README names files that do not exist: {missing}"
