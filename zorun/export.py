@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
-from omegaconf import OmegaConf
 from peft import PeftModel
 
 from zorun.checkpoint import Checkpoint, Checkpoints
 from zorun.errors import ZorunError
 from zorun.models import load_tokenizer
 from zorun.recovery import load_state
-from zorun.replay import replay
+from zorun.replay import load_run_config, replay
 from zorun.stack import Stack
 from zorun.timing import Clock
 from zorun.trajectory import NAME, ReplayError, read
@@ -66,16 +65,6 @@ def save_model(model: torch.nn.Module, tokenizer, out: Path, merge: bool = True)
 
 
 # ------------------------------------------------------------------ zorun-export
-def load_run_config(run_dir: Path, device: Optional[str]):
-    config_path = run_dir / ".hydra" / "config.yaml"
-    if not config_path.is_file():
-        raise ZorunError(f"{run_dir} has no .hydra/config.yaml; point zorun-export at a zorun run directory")
-    cfg = OmegaConf.load(config_path)  # YAML's safe loader: data only
-    if device:
-        cfg.model.device = device
-    return cfg
-
-
 def restore(stack: Stack, run_dir: Path, step: Optional[int]) -> Tuple[int, str]:
     """Put the run's model at `step` (default: the last one logged or checkpointed); returns (step, how)."""
     saved = Checkpoints(run_dir / "checkpoints", keep=1).steps()
@@ -107,7 +96,7 @@ def restore(stack: Stack, run_dir: Path, step: Optional[int]) -> Tuple[int, str]
 
 
 def export(run_dir: Path, step: Optional[int], out: Optional[Path], device: Optional[str], merge: bool) -> Path:
-    cfg = load_run_config(run_dir, device)
+    cfg = load_run_config(run_dir, device, "zorun-export")
     started = time.perf_counter()
     stack = Stack.build(cfg)
     step, how = restore(stack, run_dir, step)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -68,13 +68,19 @@ def compare(space, checkpoint_params: Path) -> float:
     return worst
 
 
-def run_replay(run_dir: Path, steps: int | None, out: Path | None, device: str | None, atol: float) -> int:
+def load_run_config(run_dir: Path, device: Optional[str], command: str) -> DictConfig:
+    """A run directory's composed config (YAML's safe loader: data only), on `device` if given."""
     config_path = run_dir / ".hydra" / "config.yaml"
     if not config_path.is_file():
-        raise ZorunError(f"{run_dir} has no .hydra/config.yaml; point zorun-replay at a zorun run directory")
-    cfg = OmegaConf.load(config_path)  # YAML's safe loader: data only
+        raise ZorunError(f"{run_dir} has no .hydra/config.yaml; point {command} at a zorun run directory")
+    cfg = OmegaConf.load(config_path)
     if device:
         cfg.model.device = device
+    return cfg
+
+
+def run_replay(run_dir: Path, steps: int | None, out: Path | None, device: str | None, atol: float) -> int:
+    cfg = load_run_config(run_dir, device, "zorun-replay")
     header, records = read(run_dir / NAME)
     logged = records[-1]["step"] + 1 if records else 0
     if steps is not None and not 0 <= steps <= logged:

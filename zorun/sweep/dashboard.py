@@ -169,15 +169,20 @@ def _selector(fig: go.Figure, labels: List[str], traces_per_item: int = 1) -> No
         for i, label in enumerate(labels)]}])
 
 
+def _logs(report: Results, name: str):
+    """(job, path) for each job that wrote the sampler log `name` (adalezo.jsonl, pertnn.jsonl)."""
+    for job in report.jobs:
+        path = job.dir / name
+        if path.exists():
+            yield job, path
+
+
 def adalezo_figure(report: Results) -> Optional[go.Figure]:
     """AdaLeZO's layer probabilities (step x layer) per job, one job at a time."""
     from zorun.samplers.adalezo import read_probabilities  # the sampler's module loads torch
 
     labels, fig = [], go.Figure()
-    for job in report.jobs:
-        path = job.dir / "adalezo.jsonl"
-        if not path.exists():
-            continue
+    for job, path in _logs(report, "adalezo.jsonl"):
         steps, probs = read_probabilities(path)
         fig.add_trace(go.Heatmap(x=steps, y=list(range(probs.shape[1])), z=probs.T, colorscale="Viridis",
                                  colorbar={"title": "p_l"}, visible=not labels))
@@ -215,10 +220,7 @@ def ldsd_figure(report: Results) -> Optional[go.Figure]:
 def pertnn_figure(report: Results) -> Optional[go.Figure]:
     """PertNN's effective per-block scales s_b = f·σ_b over the logged steps, per job (pertnn.jsonl)."""
     labels, fig = [], go.Figure()
-    for job in report.jobs:
-        path = job.dir / "pertnn.jsonl"
-        if not path.exists():
-            continue
+    for job, path in _logs(report, "pertnn.jsonl"):
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if not records:
             continue
