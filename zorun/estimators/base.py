@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Type
+from typing import Any, Callable, Dict, Type
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -184,14 +184,14 @@ def copy_into(dst, src) -> None:
 class ZOEstimator(Estimator):
     """SPSA probing with q queries and one- or two-sided differences; subclasses define apply()."""
 
-    max_queries: Optional[int] = None  # None: any q; 1: the update needs the whole averaged estimate at once
-    q_reason = ""
+    # why the update takes estimator.q=1 only (it needs the whole averaged estimate at once); "": any q
+    one_query = ""
     kernel_directions = True
 
     @classmethod
     def refuse(cls, cfg: DictConfig) -> None:
-        if cls.max_queries is not None and cfg.q > cls.max_queries:
-            raise ConfigError(f"estimator={cls.name} supports estimator.q=1 only ({cls.q_reason}); got q={cfg.q}")
+        if cls.one_query and cfg.q > 1:
+            raise ConfigError(f"estimator={cls.name} supports estimator.q=1 only ({cls.one_query}); got q={cfg.q}")
 
     @property
     def passes_per_step(self) -> int:  # type: ignore[override]

@@ -165,8 +165,7 @@ class LOZO(ZOEstimator):
 class LOZOM(LOZO):
     """lozo-m: LOZO with its momentum M kept in the low-rank space (and a momentum buffer for 1-D blocks)."""
 
-    max_queries = 1
-    q_reason = "the momentum is updated from one low-rank estimate per step"
+    one_query = "the momentum is updated from one low-rank estimate per step"
 
     def __init__(self, cfg, space):
         super().__init__(cfg, space)

@@ -28,8 +28,7 @@ class ZOAdamConfig(AdamOptions, ZOEstimatorConfig):
 
 @register(ZOAdamConfig)
 class ZOAdam(ZOEstimator):
-    max_queries = 1
-    q_reason = "v needs the square of the averaged estimate, i.e. a full-size buffer for it"
+    one_query = "v needs the square of the averaged estimate, i.e. a full-size buffer for it"
 
     def __init__(self, cfg, space):
         super().__init__(cfg, space)
