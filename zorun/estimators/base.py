@@ -23,8 +23,9 @@ moves them on average; perturbations and restores round to nearest.
 The first-order baselines (fo-sgd, fo-adam) share
 :class:`zorun.estimators.first_order.FirstOrder`.
 Each ``estimators/<option>.py`` (lozo-m: in lozo.py, LOZO with momentum)
-holds its schema (a dataclass derived from :class:`EstimatorConfig`), its
-range checks (``check``), the options it refuses (``refuse``) and its class,
+holds its schema (a dataclass derived from :class:`EstimatorConfig`, whose
+``name`` default is the option's name and whose fields declare their ranges
+with :mod:`zorun.ranges`), the options it refuses (``refuse``) and its class,
 and adds itself to :data:`ESTIMATORS` with :func:`register`; importing
 :mod:`zorun.estimators` imports them all.
 """
@@ -34,17 +35,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Type
+from typing import Any, Callable, Dict, Type
 
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from zorun import kernels
-from zorun.errors import ConfigError, require
+from zorun.errors import ConfigError
 from zorun.estimators.schedule import LRScheduleKind
 from zorun.params import ParamSpace
 from zorun.plan import Plan
+from zorun.ranges import at_least, between, check_ranges, fraction, positive
 from zorun.timing import Clock
 
 log = logging.getLogger(__name__)
@@ -55,21 +57,33 @@ class EstimatorConfig:
     """Fields every estimator has; each estimator's schema adds its own (``/schema/estimator/<option>``)."""
 
     name: str = "mezo"
-    lr: float = 1e-3
-    weight_decay: float = 0.0  # decoupled, θ ← (1 − lr·λ)θ; never on biases or norm weights
+    lr: float = positive(1e-3)
+    weight_decay: float = at_least(0, 0.0)  # decoupled, θ ← (1 − lr·λ)θ; never on biases or norm weights
     schedule: LRScheduleKind = LRScheduleKind.constant
-    warmup_steps: int = 0  # linear warm-up from 0 (Hugging Face convention)
-    min_lr_ratio: float = 0.0  # linear/cosine: the lr at the last step, as a fraction of lr
+    warmup_steps: int = at_least(0, 0)  # linear warm-up from 0 (Hugging Face convention)
+    min_lr_ratio: float = between(0, 1, 0.0)  # linear/cosine: the lr at the last step, as a fraction of lr
 
 
 @dataclass
 class ZOEstimatorConfig(EstimatorConfig):
     """estimator=mezo and zo-sign; the base of every zeroth-order estimator."""
 
-    eps: float = 1e-3
+    eps: float = positive(1e-3)
     one_sided: bool = False  # (L(θ+εz) − L(θ))/ε instead of the central difference
-    q: int = 1  # queries per step, averaged, applied sequentially
+    q: int = at_least(1, 1)  # queries per step, averaged, applied sequentially
     stochastic_rounding: bool = True  # update passes round 16-bit θ unbiasedly, so updates below half an ulp count
+
+
+@dataclass
+class AdamOptions:
+    """Adam's fields and ranges, written once for zo-adam's and fo-adam's schemas.
+
+    A schema lists it before its base (``class ZOAdamConfig(AdamOptions, ZOEstimatorConfig)``): dataclass fields
+    follow the reverse MRO, so these come after the base's, as in ``--cfg job`` and saved configs."""
+
+    beta1: float = fraction(0.9)
+    beta2: float = fraction(0.999)
+    adam_eps: float = positive(1e-8)
 
 
 ConfigStore.instance().store(group="schema/estimator", name="base", node=EstimatorConfig)
@@ -78,36 +92,16 @@ ESTIMATORS: Dict[str, Type["Estimator"]] = {}  # option name -> class
 
 
 def register(schema: type) -> Callable[[Type["Estimator"]], Type["Estimator"]]:
-    """Class decorator: estimator=<cls.name> builds cls, and its YAML composes onto ``/schema/estimator/<cls.name>``."""
+    """Class decorator: estimator=<schema's name default> builds cls, whose check reads schema's ranges, and its
+    YAML composes onto ``/schema/estimator/<name>``: the option is named once, in its schema."""
 
     def add(cls: Type[Estimator]) -> Type[Estimator]:
+        cls.name, cls.schema = schema.name, schema
         ESTIMATORS[cls.name] = cls
         ConfigStore.instance().store(group="schema/estimator", name=cls.name, node=schema)
         return cls
 
     return add
-
-
-def require_fraction(cfg: DictConfig, *keys: str) -> None:
-    """Each key in [0, 1): a momentum or an Adam beta."""
-    for key in keys:
-        require(0 <= cfg[key] < 1, f"estimator.{key}", cfg[key], "it must be in [0, 1)")
-
-
-def require_positive(cfg: DictConfig, key: str) -> None:
-    require(cfg[key] > 0, f"estimator.{key}", cfg[key], "it must be > 0")
-
-
-def check_adam(cfg: DictConfig) -> None:
-    """The ranges of Adam's beta1, beta2 and adam_eps (zo-adam and fo-adam)."""
-    require_fraction(cfg, "beta1", "beta2")
-    require_positive(cfg, "adam_eps")
-
-
-def check_probe(cfg: DictConfig) -> None:
-    """The ranges of ZOEstimatorConfig's probe fields (every ZO estimator, HiZOO's own step included)."""
-    require_positive(cfg, "eps")
-    require(cfg.q >= 1, "estimator.q", cfg.q, "it must be >= 1")
 
 
 @dataclass
@@ -125,6 +119,7 @@ LossFn = Callable[[], Any]  # one forward on the step's batch: a float (no grad)
 
 class Estimator:
     name = "base"
+    schema: type = EstimatorConfig  # register() sets the option's own
     passes_per_step = 2
     differentiable = False  # True: the run hands step() a loss that returns a tensor with autograd history
     kernel_directions = False  # True: probes along the kernels' Plan directions (mean, candidates included)
@@ -142,11 +137,9 @@ class Estimator:
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
-        """Range checks of the `estimator` node that types cannot express (before any model loads)."""
-        require_positive(cfg, "lr")
-        require(cfg.weight_decay >= 0, "estimator.weight_decay", cfg.weight_decay, "it must be >= 0")
-        require(cfg.warmup_steps >= 0, "estimator.warmup_steps", cfg.warmup_steps, "it must be >= 0")
-        require(0 <= cfg.min_lr_ratio <= 1, "estimator.min_lr_ratio", cfg.min_lr_ratio, "it must be in [0, 1]")
+        """Range checks of the `estimator` node that types cannot express (before any model loads): the ranges
+        its schema's fields declare."""
+        check_ranges(cls.schema, cfg, "estimator")
 
     @classmethod
     def refuse(cls, cfg: DictConfig) -> None:
@@ -191,19 +184,14 @@ def copy_into(dst, src) -> None:
 class ZOEstimator(Estimator):
     """SPSA probing with q queries and one- or two-sided differences; subclasses define apply()."""
 
-    max_queries: Optional[int] = None  # None: any q; 1: the update needs the whole averaged estimate at once
-    q_reason = ""
+    # why the update takes estimator.q=1 only (it needs the whole averaged estimate at once); "": any q
+    one_query = ""
     kernel_directions = True
 
     @classmethod
-    def check(cls, cfg: DictConfig) -> None:
-        super().check(cfg)
-        check_probe(cfg)
-
-    @classmethod
     def refuse(cls, cfg: DictConfig) -> None:
-        if cls.max_queries is not None and cfg.q > cls.max_queries:
-            raise ConfigError(f"estimator={cls.name} supports estimator.q=1 only ({cls.q_reason}); got q={cfg.q}")
+        if cls.one_query and cfg.q > 1:
+            raise ConfigError(f"estimator={cls.name} supports estimator.q=1 only ({cls.one_query}); got q={cfg.q}")
 
     @property
     def passes_per_step(self) -> int:  # type: ignore[override]

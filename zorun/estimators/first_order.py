@@ -12,7 +12,7 @@ from enum import Enum
 
 import torch
 
-from zorun.errors import ConfigError, ZorunError, require
+from zorun.errors import ConfigError, ZorunError
 from zorun.estimators.base import Estimator, StepResult, nbytes
 
 
@@ -67,11 +67,6 @@ class FirstOrder(Estimator):
                              f"set model.dtype=float32")
         device = self.params[0].device.type if self.params else "cpu"
         self.scaler = torch.amp.GradScaler(device) if self.amp_dtype == torch.float16 else None
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        require(cfg.max_grad_norm >= 0, "estimator.max_grad_norm", cfg.max_grad_norm, "it must be >= 0 (0: no clip)")
 
     @classmethod
     def refuse(cls, cfg) -> None:

@@ -14,26 +14,21 @@ from dataclasses import dataclass
 
 import torch
 
-from zorun.estimators.base import EstimatorConfig, register, require_fraction
+from zorun.estimators.base import EstimatorConfig, register
 from zorun.estimators.first_order import FirstOrder, MixedPrecision
+from zorun.ranges import at_least, fraction
 
 
 @dataclass
 class FOSGDConfig(EstimatorConfig):
     name: str = "fo-sgd"
-    momentum: float = 0.0
-    max_grad_norm: float = 0.0  # clip the gradient's global norm to this (0: no clip); PertNN's teacher uses 1.0
+    momentum: float = fraction(0.0)
+    # clip the gradient's global norm to this (0: no clip); PertNN's teacher uses 1.0
+    max_grad_norm: float = at_least(0, 0.0, "0: no clip")
     mixed_precision: MixedPrecision = MixedPrecision.none
 
 
 @register(FOSGDConfig)
 class FOSGD(FirstOrder):
-    name = "fo-sgd"
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        require_fraction(cfg, "momentum")
-
     def make_optimizer(self, groups):
         return torch.optim.SGD(groups, lr=float(self.cfg.lr), momentum=float(self.cfg.momentum))

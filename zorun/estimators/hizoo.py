@@ -40,15 +40,16 @@ import math
 from dataclasses import dataclass
 
 from zorun import kernels
-from zorun.errors import ConfigError, require
-from zorun.estimators.base import (Estimator, StepResult, ZOEstimatorConfig, check_probe, copy_into, fp32_like,
-                                   nbytes, register)
+from zorun.errors import ConfigError
+from zorun.estimators.base import Estimator, StepResult, ZOEstimatorConfig, copy_into, fp32_like, nbytes, register
+from zorun.ranges import between
 
 
 @dataclass
 class HiZOOConfig(ZOEstimatorConfig):
     name: str = "hizoo"
-    hessian_smooth: float = 1e-6  # α: EMA rate of the diagonal Hessian estimate (public script: 0 or 1e-8)
+    # α: EMA rate of the diagonal Hessian estimate (public script: 0 or 1e-8)
+    hessian_smooth: float = between(0, 1, 1e-6, "the EMA rate of the Hessian estimate")
 
 
 @register(HiZOOConfig)
@@ -56,15 +57,7 @@ class HiZOO(Estimator):
     """Its own three-pass step, so an Estimator with the ZO schema rather than a ZOEstimator (whose probing
     loop it does not use)."""
 
-    name = "hizoo"
     passes_per_step = 3
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        check_probe(cfg)
-        require(0 <= cfg.hessian_smooth <= 1, "estimator.hessian_smooth", cfg.hessian_smooth,
-                "it must be in [0, 1] (the EMA rate of the Hessian estimate)")
 
     @classmethod
     def refuse(cls, cfg) -> None:

@@ -46,10 +46,9 @@ from typing import Dict, List, Optional
 import torch
 
 from zorun import kernels
-from zorun.errors import require
-from zorun.estimators.base import (ZOEstimator, ZOEstimatorConfig, copy_into, fp32_like, nbytes, register,
-                                   require_fraction)
+from zorun.estimators.base import ZOEstimator, ZOEstimatorConfig, copy_into, fp32_like, nbytes, register
 from zorun.plan import Plan, mix_seed
+from zorun.ranges import at_least, fraction
 
 _U_STREAM, _V_STREAM, _ROUND_STREAM = 2, 3, 4  # sub-streams: mix_seed(seed, block, stream)
 _generators: Dict[torch.device, torch.Tensor] = {}
@@ -58,14 +57,14 @@ _generators: Dict[torch.device, torch.Tensor] = {}
 @dataclass
 class LOZOConfig(ZOEstimatorConfig):
     name: str = "lozo"
-    rank: int = 2  # r: U is m×r, V is n×r
-    interval: int = 50  # ν: steps a V is kept before it is redrawn
+    rank: int = at_least(1, 2)  # r: U is m×r, V is n×r
+    interval: int = at_least(1, 50, "steps a V is kept")  # ν: steps a V is kept before it is redrawn
 
 
 @dataclass
 class LOZOMConfig(LOZOConfig):
     name: str = "lozo-m"
-    beta1: float = 0.9  # momentum of the low-rank M
+    beta1: float = fraction(0.9)  # momentum of the low-rank M
 
 
 def _gaussian(rows: int, cols: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -84,14 +83,7 @@ def _subset(plan: Plan, rows: List[int]) -> Plan:
 
 @register(LOZOConfig)
 class LOZO(ZOEstimator):
-    name = "lozo"
     kernel_directions = False  # U·Vᵀ directions of its own: a Plan's mean and candidates mean nothing here
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        require(cfg.rank >= 1, "estimator.rank", cfg.rank, "it must be >= 1")
-        require(cfg.interval >= 1, "estimator.interval", cfg.interval, "it must be >= 1 (steps a V is kept)")
 
     def __init__(self, cfg, space):
         super().__init__(cfg, space)
@@ -173,14 +165,7 @@ class LOZO(ZOEstimator):
 class LOZOM(LOZO):
     """lozo-m: LOZO with its momentum M kept in the low-rank space (and a momentum buffer for 1-D blocks)."""
 
-    name = "lozo-m"
-    max_queries = 1
-    q_reason = "the momentum is updated from one low-rank estimate per step"
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        require_fraction(cfg, "beta1")
+    one_query = "the momentum is updated from one low-rank estimate per step"
 
     def __init__(self, cfg, space):
         super().__init__(cfg, space)

@@ -14,8 +14,6 @@ from zorun.estimators.base import ZOEstimator, ZOEstimatorConfig, register
 
 @register(ZOEstimatorConfig)
 class MeZO(ZOEstimator):
-    name = "mezo"
-
     def apply(self, plan, query, restore, g, lr):
         kernels.update_(self.space, plan, restore=restore, coef=lr * g / self.cfg.q,
                         decay=self.decay(lr) if query == 0 else 0.0, stochastic=self.stochastic)

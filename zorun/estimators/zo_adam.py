@@ -17,27 +17,18 @@ from dataclasses import dataclass
 import torch
 
 from zorun import kernels
-from zorun.estimators.base import ZOEstimator, ZOEstimatorConfig, check_adam, copy_into, fp32_like, nbytes, register
+from zorun.estimators.base import (AdamOptions, ZOEstimator, ZOEstimatorConfig, copy_into, fp32_like, nbytes,
+                                   register)
 
 
 @dataclass
-class ZOAdamConfig(ZOEstimatorConfig):
+class ZOAdamConfig(AdamOptions, ZOEstimatorConfig):
     name: str = "zo-adam"
-    beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
 
 
 @register(ZOAdamConfig)
 class ZOAdam(ZOEstimator):
-    name = "zo-adam"
-    max_queries = 1
-    q_reason = "v needs the square of the averaged estimate, i.e. a full-size buffer for it"
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        check_adam(cfg)
+    one_query = "v needs the square of the averaged estimate, i.e. a full-size buffer for it"
 
     def __init__(self, cfg, space):
         super().__init__(cfg, space)

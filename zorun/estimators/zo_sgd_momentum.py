@@ -16,25 +16,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zorun import kernels
-from zorun.estimators.base import (ZOEstimator, ZOEstimatorConfig, copy_into, fp32_like, nbytes, register,
-                                   require_fraction)
+from zorun.estimators.base import ZOEstimator, ZOEstimatorConfig, copy_into, fp32_like, nbytes, register
+from zorun.ranges import fraction
 
 
 @dataclass
 class ZOMomentumConfig(ZOEstimatorConfig):
     name: str = "zo-sgd-momentum"
-    momentum: float = 0.9  # μ: buf ← μ·buf + g·z
+    momentum: float = fraction(0.9)  # μ: buf ← μ·buf + g·z
 
 
 @register(ZOMomentumConfig)
 class ZOMomentum(ZOEstimator):
-    name = "zo-sgd-momentum"
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        require_fraction(cfg, "momentum")
-
     def __init__(self, cfg, space):
         super().__init__(cfg, space)
         self.buf = fp32_like(space)

@@ -11,15 +11,21 @@ each with weight 1/q; weight decay once per step.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from zorun import kernels
 from zorun.estimators.base import ZOEstimator, ZOEstimatorConfig, register
 
 
-@register(ZOEstimatorConfig)
-class ZOSign(ZOEstimator):
-    name = "zo-sign"
+@dataclass
+class ZOSignConfig(ZOEstimatorConfig):
+    """MeZO's fields; a schema of its own for the option's name."""
 
+    name: str = "zo-sign"
+
+
+@register(ZOSignConfig)
+class ZOSign(ZOEstimator):
     def apply(self, plan, query, restore, g, lr):
         sign = math.copysign(1.0, g) if g != 0 else 0.0
         kernels.update_(self.space, plan, restore=restore, coef=lr * sign / self.cfg.q,

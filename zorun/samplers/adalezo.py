@@ -30,10 +30,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from zorun.errors import ZorunError, require
+from zorun.errors import ZorunError
 from zorun.estimators.base import StepResult
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed
+from zorun.ranges import at_least, between, positive
 from zorun.samplers.base import Sampler, SamplerConfig, register
 
 LOG_NAME = "adalezo.jsonl"
@@ -45,12 +46,14 @@ class AdaLeZOSamplerConfig(SamplerConfig):
     """sampler=adalezo; defaults are the paper's."""
 
     name: str = "adalezo"
-    k_ratio: float = 0.2  # draws per step k = max(1, floor(k_ratio * number of layers))
-    tau: float = 0.2  # softmax temperature over the max-normalised EMA rewards
-    gamma: float = 0.01  # uniform floor: every layer keeps probability >= gamma / N
-    ema_alpha: float = 0.1  # EMA rate of the reward |g|
-    ipw_clip: float = 10.0  # cap on 1/(k*p_l); inf: no cap, exactly unbiased
-    interval: int = 1  # redraw the active layers every `interval` steps
+    # draws per step k = max(1, floor(k_ratio * number of layers))
+    k_ratio: float = between(0, 1, 0.2, ": the fraction of layers drawn per step", lo_open=True)
+    # softmax temperature over the max-normalised EMA rewards
+    tau: float = positive(0.2, "large values give a uniform policy")
+    gamma: float = between(0, 1, 0.01)  # uniform floor: every layer keeps probability >= gamma / N
+    ema_alpha: float = between(0, 1, 0.1, lo_open=True)  # EMA rate of the reward |g|
+    ipw_clip: float = positive(10.0, "inf: no clip")  # cap on 1/(k*p_l); inf: no cap, exactly unbiased
+    interval: int = at_least(1, 1)  # redraw the active layers every `interval` steps
     warm_start: bool = False  # start with the policy biased to the deepest 40% of layers
 
 
@@ -90,18 +93,7 @@ class Draw:
 class AdaLeZOSampler(Sampler):
     """The bandit over layers: plan() draws k layers from the policy, observe() updates the rewards."""
 
-    name = "adalezo"
     log_name = LOG_NAME
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        require(0 < cfg.k_ratio <= 1, "sampler.k_ratio", cfg.k_ratio,
-                "it must be in (0, 1]: the fraction of layers drawn per step")
-        require(cfg.tau > 0, "sampler.tau", cfg.tau, "it must be > 0 (large values give a uniform policy)")
-        require(0 <= cfg.gamma <= 1, "sampler.gamma", cfg.gamma, "it must be in [0, 1]")
-        require(0 < cfg.ema_alpha <= 1, "sampler.ema_alpha", cfg.ema_alpha, "it must be in (0, 1]")
-        require(cfg.ipw_clip > 0, "sampler.ipw_clip", cfg.ipw_clip, "it must be > 0 (inf: no clip)")
-        require(cfg.interval >= 1, "sampler.interval", cfg.interval, "it must be >= 1")
 
     @classmethod
     def plot_log(cls, log_path, png_path) -> Path:

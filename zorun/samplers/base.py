@@ -1,8 +1,10 @@
 """The sampler interface: decide each step's Plan, learn from its result; and the table of samplers.
 
-Each ``samplers/<option>.py`` holds its config schema, its range checks, the
-combinations it refuses and its class, and adds itself to :data:`SAMPLERS`
-with :func:`register`; importing :mod:`zorun.samplers` imports them all.
+Each ``samplers/<option>.py`` holds its config schema (whose ``name`` default
+is the option's name and whose fields declare their ranges with
+:mod:`zorun.ranges`), the combinations it refuses and its class, and adds
+itself to :data:`SAMPLERS` with :func:`register`; importing
+:mod:`zorun.samplers` imports them all.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from zorun.errors import ConfigError
 from zorun.estimators.base import Estimator, StepResult
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed
+from zorun.ranges import check_ranges
 from zorun.tracking import MetricsWriter
 
 
@@ -38,9 +41,11 @@ GRADIENT_SAMPLERS: Set[str] = set()
 
 
 def register(schema: type, gradient_ok: bool = False) -> Callable[[Type["Sampler"]], Type["Sampler"]]:
-    """Class decorator: sampler=<cls.name> builds cls, and its YAML composes onto ``/schema/sampler/<cls.name>``."""
+    """Class decorator: sampler=<schema's name default> builds cls, whose check reads schema's ranges, and its YAML
+    composes onto ``/schema/sampler/<name>``: the option is named once, in its schema."""
 
     def add(cls: Type[Sampler]) -> Type[Sampler]:
+        cls.name, cls.schema = schema.name, schema
         SAMPLERS[cls.name] = cls
         if gradient_ok:
             GRADIENT_SAMPLERS.add(cls.name)
@@ -54,10 +59,13 @@ class Sampler:
     """Samplers never touch parameters; the kernels execute their Plans."""
 
     name = "base"
+    schema: type = SamplerConfig  # register() sets the option's own
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
-        """Range checks of the `sampler` node that types cannot express (before any model loads)."""
+        """Range checks of the `sampler` node that types cannot express (before any model loads): the ranges
+        its schema's fields declare."""
+        check_ranges(cls.schema, cfg, "sampler")
 
     @classmethod
     def refuse(cls, cfg: DictConfig, estimators: Mapping[str, Type[Estimator]]) -> None:

@@ -34,10 +34,11 @@ from typing import Any, Dict, List, Mapping, Optional, Type
 import torch
 
 from zorun import kernels
-from zorun.errors import ConfigError, require
+from zorun.errors import ConfigError
 from zorun.estimators.base import Estimator, StepResult, copy_into, nbytes
 from zorun.params import ParamSpace
 from zorun.plan import Plan, mix_seed
+from zorun.ranges import at_least, between, positive
 from zorun.samplers.base import Sampler, SamplerConfig, register
 
 LOG_NAME = "ldsd.jsonl"
@@ -53,12 +54,16 @@ class LDSDSamplerConfig(SamplerConfig):
     """sampler=ldsd; defaults are the public script's."""
 
     name: str = "ldsd"
-    k: int = 5  # K candidate directions per step, best of K (K + 2 forward passes)
-    sigma: float = 1.0  # policy std: directions z ~ N(μ, σ²I)
-    lr_mu: float = 4e-2  # η_μ: learning rate of the REINFORCE step on μ (0: best-of-K without learning)
+    # K candidate directions per step, best of K (K + 2 forward passes)
+    k: int = at_least(2, 5, "the leave-one-out baseline needs two candidates")
+    sigma: float = positive(1.0, "the policy's standard deviation")  # policy std: directions z ~ N(μ, σ²I)
+    # η_μ: learning rate of the REINFORCE step on μ (0: best-of-K without learning)
+    lr_mu: float = at_least(0, 4e-2, "0: best of K, no learned mean")
     mu_init: MeanInit = MeanInit.zero
-    mean_fraction: float = 1.0  # share of the blocks that keep a learned mean (random fixed subset); others μ = 0
-    cosine_every: int = 0  # log cos(μ, −∇L) every n steps, ∇L by autograd (a backward pass; small models); 0: never
+    # share of the blocks that keep a learned mean (random fixed subset); others μ = 0
+    mean_fraction: float = between(0, 1, 1.0, ": the share of blocks with a learned mean", lo_open=True)
+    # log cos(μ, −∇L) every n steps, ∇L by autograd (a backward pass; small models); 0: never
+    cosine_every: int = at_least(0, 0, "0: never")
 
 
 def loo_baselines(losses: List[float]) -> List[float]:
@@ -69,18 +74,8 @@ def loo_baselines(losses: List[float]) -> List[float]:
 
 @register(LDSDSamplerConfig)
 class LDSDSampler(Sampler):
-    name = "ldsd"
     log_name = LOG_NAME
     replays_state = True
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        require(cfg.k >= 2, "sampler.k", cfg.k, "it must be >= 2 (the leave-one-out baseline needs two candidates)")
-        require(cfg.sigma > 0, "sampler.sigma", cfg.sigma, "it must be > 0 (the policy's standard deviation)")
-        require(cfg.lr_mu >= 0, "sampler.lr_mu", cfg.lr_mu, "it must be >= 0 (0: best of K, no learned mean)")
-        require(0 < cfg.mean_fraction <= 1, "sampler.mean_fraction", cfg.mean_fraction,
-                "it must be in (0, 1]: the share of blocks with a learned mean")
-        require(cfg.cosine_every >= 0, "sampler.cosine_every", cfg.cosine_every, "it must be >= 0 (0: never)")
 
     @classmethod
     def refuse(cls, cfg, estimators: Mapping[str, Type[Estimator]]) -> None:

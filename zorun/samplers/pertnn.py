@@ -37,6 +37,7 @@ from zorun.errors import ConfigError, require
 from zorun.estimators.base import Estimator, StepResult
 from zorun.params import _EMBED_RE, ParamSpace
 from zorun.plan import Plan
+from zorun.ranges import at_least
 from zorun.samplers import pertnn_io
 from zorun.samplers.base import Sampler, SamplerConfig, register
 from zorun.samplers.pertnn_io import BlockNets
@@ -94,9 +95,10 @@ class PertNNSamplerConfig(SamplerConfig):
     checkpoint: Optional[str] = None
     rename: List[str] = field(default_factory=list)  # "REGEX=>REPLACEMENT" rules: model block name -> checkpoint name
     normalize: bool = True  # trace-preserving normalisation: sum_b d_b (f sigma_b)^2 = sum_b d_b
-    embed_tokens: int = 15  # embedding matrices count as d_b = hidden x embed_tokens x batch_size (the reference's 15)
-    batch_size: int = 8  # the embedding rule's batch size (the YAML ties it to budget.batch_size)
-    log_every: int = 10  # steps between the per-block sigma records of pertnn.jsonl
+    # embedding matrices count as d_b = hidden x embed_tokens x batch_size (the reference's 15)
+    embed_tokens: int = at_least(1, 15)
+    batch_size: int = at_least(1, 8)  # the embedding rule's batch size (the YAML ties it to budget.batch_size)
+    log_every: int = at_least(1, 10)  # steps between the per-block sigma records of pertnn.jsonl
     init_seed: int = 0  # seed of freshly initialised networks (checkpoint=null)
 
 
@@ -104,14 +106,12 @@ class PertNNSamplerConfig(SamplerConfig):
 class PertNNSampler(Sampler):
     """Frozen per-block networks give each step's scales; meta-training lives in zorun-metatrain."""
 
-    name = "pertnn"
     log_name = LOG_NAME
 
     @classmethod
     def check(cls, cfg) -> None:
-        require(cfg.embed_tokens >= 1, "sampler.embed_tokens", cfg.embed_tokens, "it must be >= 1")
-        require(cfg.batch_size >= 1, "sampler.batch_size", cfg.batch_size, "it must be >= 1")
-        require(cfg.log_every >= 1, "sampler.log_every", cfg.log_every, "it must be >= 1")
+        """The ranges, then the form of each rename rule."""
+        super().check(cfg)
         for rule in cfg.rename:
             require("=>" in rule, "sampler.rename", rule, "each rule is 'REGEX=>REPLACEMENT'")
 

@@ -12,7 +12,5 @@ from zorun.samplers.base import Sampler, SamplerConfig, register
 
 @register(SamplerConfig, gradient_ok=True)
 class UniformSampler(Sampler):
-    name = "uniform"
-
     def plan(self, step: int) -> Plan:
         return Plan(seed=self.step_seed(step), blocks=self.space.all_blocks())
