@@ -11,6 +11,7 @@ from conftest import tiny_llama
 from safetensors.torch import save_file
 
 from zorun.params import ParamSpace
+from zorun.commands import pertnn as pertnn_command
 from zorun.samplers import pertnn_io
 from zorun.samplers.pertnn import BlockNets
 from zorun.samplers.pertnn_io import PertNNCheckpointError, load_for_space, read, save
@@ -127,11 +128,11 @@ def test_importer_refuses_without_trust_then_converts_to_the_same_sigma(tmp_path
     src, out = tmp_path / "opt30B_finetuner.pth", tmp_path / "imported.safetensors"
     torch.save(modules, src)
     with pytest.raises(SystemExit) as code:
-        pertnn_io.main(["import", str(src), str(out)])
+        pertnn_command.main(["import", str(src), str(out)])
     err = capsys.readouterr().err.strip()
     assert code.value.code == 2 and not out.exists() and "\n" not in err
     assert err.startswith("zorun-pertnn: error: refusing to load") and "unpickling runs" in err and "--trust-pickle" in err
-    pertnn_io.main(["import", str(src), str(out), "--trust-pickle", "--base-model", "facebook/opt-30b"])
+    pertnn_command.main(["import", str(src), str(out), "--trust-pickle", "--base-model", "facebook/opt-30b"])
     assert "use with: zorun sampler=pertnn sampler.checkpoint=" in capsys.readouterr().out
     meta, _ = read(out)
     assert meta["source"] == "import" and meta["base_model"] == "facebook/opt-30b"

@@ -16,7 +16,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from zorun.paths import CONF_DIR
-from zorun.sweep.report import build_report, main
+from zorun.commands.report import main
+from zorun.sweep.report import build_report
 
 # (sampler, lr, seed) -> (dev accuracy, test accuracy). For mezo, lr 1e-3 wins on dev
 # although lr 1e-4 is better on test: the report must select on dev.

@@ -22,11 +22,9 @@ pickle can run code when loaded, so it refuses without the flag.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -235,27 +233,3 @@ def import_released(src, out, trust_pickle: bool, base_model: str) -> Path:
                              f"(got {type(module).__name__} with {shapes})")
         nets.load_block_state(b, {k: v.float() for k, v in state.items()})
     return save(out, nets, names, [None] * len(names), base_model=base_model, source="import")
-
-
-def main(argv: Optional[List[str]] = None) -> None:
-    ap = argparse.ArgumentParser(prog="zorun-pertnn", description="PertNN networks: convert released checkpoints")
-    sub = ap.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="convert the authors' pickled dict name -> nn.Sequential to safetensors")
-    imp.add_argument("src", help="the released .pth file")
-    imp.add_argument("out", help="the .safetensors file to write")
-    imp.add_argument("--trust-pickle", action="store_true",
-                     help="allow unpickling SRC (a pickle can run arbitrary code: only for files you trust)")
-    imp.add_argument("--base-model", default="unknown", help="the base model's hub id, recorded in the metadata")
-    args = ap.parse_args(argv)
-    try:
-        path = import_released(args.src, args.out, args.trust_pickle, args.base_model)
-    except ZorunError as err:
-        print(f"zorun-pertnn: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    meta, _ = read(path)
-    print(f"wrote {path}: {len(meta['blocks'])} networks for {meta['base_model']}; "
-          f"use with: zorun sampler=pertnn sampler.checkpoint={path}")
-
-
-if __name__ == "__main__":
-    main()
