@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import zorun.config  # noqa: F401  (registers the zorun.* resolvers that saved run configs use)
 from zorun.checkpoint import PARAMS, Checkpoints
 from zorun.errors import ZorunError
 from zorun.stack import Stack

@@ -27,6 +27,8 @@ import torch
 
 from zorun.bench.common import compose
 from zorun.errors import ZorunError
+from zorun.models import load_model
+from zorun.replay import load_run_config
 
 
 def _run(overrides: List[str], run_dir: Path) -> Dict[str, Any]:
@@ -54,11 +56,12 @@ def _trained(run_dir: Path) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _initial(overrides: List[str]) -> Dict[str, torch.Tensor]:
-    """The weights a run with these overrides starts from (load_model with the run's seed)."""
-    from zorun.models import load_model
+def _initial(run_dir: Path) -> Dict[str, torch.Tensor]:
+    """The weights the run in run_dir started from: load_model with the config and seed the run saved.
 
-    cfg = compose(overrides)
+    (Not the bench's own compose, which builds models at random init for speed figures: against a
+    pretrained run's start that would measure the pretraining, not the training.)"""
+    cfg = load_run_config(run_dir, None, "zorun-bench rounding")
     return {k: v.detach().float() for k, v in load_model(cfg.model, cfg.seed).state_dict().items()}
 
 
@@ -81,8 +84,8 @@ def bench_rounding(args: argparse.Namespace) -> Dict[str, Any]:
         print(f"running {name} ...", flush=True)
         runs[name] = _run([*base, *extra], root / str(i))
     moved = {}
-    for name, extra in variants.items():
-        start = _initial([*base, *extra])
+    for name in variants:
+        start = _initial(Path(runs[name]["dir"]))
         moved[name] = {k: v - start[k] for k, v in runs[name]["params"].items() if k in start}
     ref = moved["float32"]
     if not ref or _norm(ref) == 0:
