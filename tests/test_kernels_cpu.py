@@ -180,3 +180,21 @@ if __name__ == "__main__":  # the Triton side of test_numba_equals_triton_bit_fo
     assert os.environ.get("TRITON_INTERPRET") == "1"
     kernels.select("triton")
     torch.save({case: run_case(case) for case in CASES}, sys.argv[1])
+
+
+def test_a_numba_pass_leaves_torchs_thread_count_as_the_run_set_it():
+    """numba's OpenMP pool, launched by the first pass, resets the process's OpenMP thread count, which torch
+    shares: a run set to 1 thread ran its forwards on 2 and woke the pool every pass. Fresh process: the pool
+    launches once per process."""
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from zorun import kernels\n"
+            "from zorun.params import ParamSpace\n"
+            "from zorun.plan import Plan\n"
+            "space = ParamSpace([('w', torch.nn.Parameter(torch.zeros(200_000)))])\n"
+            "kernels.select('numba', space)\n"
+            "kernels.perturb_(space, Plan(1, torch.tensor([0])), 1e-3)\n"
+            "print(torch.get_num_threads())\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "NUMBA_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1"

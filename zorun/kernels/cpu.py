@@ -162,10 +162,17 @@ def _keys(seed: int) -> Tuple[np.uint64, np.uint64]:
 
 def _threads() -> int:
     """torch's thread count, and dynamic scheduling: on a busy machine a static half per thread waits for the
-    slower thread, and 2 threads ran slower than 1."""
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    slower thread, and 2 threads ran slower than 1.
+
+    The first call launches numba's pool; its OpenMP layer then resets the process's OpenMP thread count,
+    which torch shares (a run set to 1 thread found 2 after its first pass, and every pass then woke the
+    pool): torch's count is put back."""
+    torch_threads = torch.get_num_threads()
+    n = max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
     numba.set_parallel_chunksize(1)
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
     return n
 
 
