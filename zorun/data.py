@@ -79,7 +79,7 @@ class Data:
         exactly the full batch's mean.
         """
         stack, task = self.stack, self.task
-        as_cls = task.type == "classification" and task.train_as_classification
+        as_cls = task.trains_on_candidates
         local = self.dp.shard(batch) if self.dp.enabled else batch
         enc = encode(stack.tokenizer, local, stack.cfg.model.max_length, gold_only=not as_cls).to(stack.device)
         fn = classification_loss if as_cls else lm_loss

@@ -20,7 +20,7 @@ def evaluate(stack: Stack, task: Task, examples: List[Example], objective: bool,
     """The task's metrics on `examples`; with `objective`, also the training loss there (what dev_loss ranks)."""
     cfg = stack.cfg
     args = (stack.model, stack.tokenizer, examples, cfg.model.max_length, cfg.budget.eval_batch_size, stack.device)
-    as_cls = task.type == "classification" and task.train_as_classification
+    as_cls = task.trains_on_candidates
     if task.type == "generation":
         result = evaluate_generation(*args, max_new_tokens=cfg.task.max_new_tokens, progress=progress)
     else:

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from zorun.errors import ConfigError, ZorunError
+from zorun.identity import config_hash, identity, override_root
 
 _DROP = ("resume=", "hydra.run.dir=")
 LOCK = ".zorun.lock"
@@ -41,8 +42,6 @@ def resume_dir(overrides: List[str]) -> str | None:
 
 def expand_resume(overrides: List[str], multirun: bool) -> List[str]:
     """The overrides that relaunch RUN_DIR, or `overrides` unchanged without resume=."""
-    from zorun.identity import override_root
-
     run_dir = resume_dir(overrides)
     if run_dir is None:
         return overrides
@@ -72,8 +71,6 @@ def expand_resume(overrides: List[str], multirun: bool) -> List[str]:
 # ------------------------------------------------------------------ config
 def comparable_config(cfg: DictConfig) -> Dict[str, Any]:
     """What a resume must not change: the config except logging and the budget (batch_size stays)."""
-    from zorun.identity import identity
-
     ident = identity(cfg, drop=("resume",))
     ident["budget"] = {"batch_size": ident["budget"]["batch_size"]}
     return ident
@@ -110,7 +107,6 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     config compared; a completed run without a checkpoint is not overwritten
     by another config."""
     from zorun.checkpoint import Checkpoints
-    from zorun.identity import config_hash
 
     latest = Checkpoints(run_dir / "checkpoints", keep=1).latest()
     if latest is None:

@@ -50,6 +50,11 @@ class Task:
         return {"train": self.train, "dev": self.dev, "test": self.test}[name]
 
     @property
+    def trains_on_candidates(self) -> bool:
+        """Whether the training loss is the cross-entropy over the answer candidates (else the gold's LM loss)."""
+        return self.type == "classification" and self.train_as_classification
+
+    @property
     def metric(self) -> str:
         """The dev metric that selects the best step."""
         return "f1" if self.type == "generation" else "accuracy"
